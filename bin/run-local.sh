@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# Local Airflow for crm-batch (what `make run` does): seed the demo databases if needed, migrate the
+# metadata DB, apply airflow_settings.yaml, start the sandbox SMTP sink, then `airflow standalone`.
+# Everything lives under var/ (var/airflow-home, var/*.db, var/mail). Ctrl-C stops it all.
+#
+# Env: SEED=1 reseeds even if var/crm.db exists; ACCOUNTS (default 5000) sizes the seed;
+#      AIRFLOW_PORT (default 8080), SMTP_SINK_PORT (default 8025).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+
+VENV_BIN=$ROOT/.venv/bin
+if [[ ! -x $VENV_BIN/airflow ]]; then
+    echo "run-local: $VENV_BIN/airflow not found; run 'make run' (it creates .venv)" >&2
+    exit 1
+fi
+
+AIRFLOW_PORT=${AIRFLOW_PORT:-8080}
+SMTP_SINK_PORT=${SMTP_SINK_PORT:-8025}
+
+# standalone starts its components as `airflow ...` subprocesses: the venv's bin must come first.
+export PATH=$VENV_BIN:$PATH
+export CRM_HOME=${CRM_HOME:-$ROOT}
+export PYTHONPATH=$ROOT/plugins${PYTHONPATH:+:$PYTHONPATH}
+# Always this project's home: never an AIRFLOW_HOME (e.g. ~/airflow) inherited from the shell.
+export AIRFLOW_HOME=$ROOT/var/airflow-home
+export AIRFLOW__CORE__DAGS_FOLDER=$ROOT/dags
+export AIRFLOW__CORE__PLUGINS_FOLDER=$ROOT/plugins
+export AIRFLOW__CORE__LOAD_EXAMPLES=False
+export AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION=False
+export AIRFLOW__API__HOST=${AIRFLOW__API__HOST:-127.0.0.1}
+export AIRFLOW__API__PORT=$AIRFLOW_PORT
+export AIRFLOW__CORE__EXECUTION_API_SERVER_URL=http://127.0.0.1:$AIRFLOW_PORT/execution/
+unset AIRFLOW__DATABASE__SQL_ALCHEMY_CONN  # the sqlite DB inside var/airflow-home
+
+port_in_use() {
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+if port_in_use "$AIRFLOW_PORT"; then
+    echo "run-local: port $AIRFLOW_PORT is already in use (another Airflow?); stop it or set AIRFLOW_PORT" >&2
+    exit 1
+fi
+
+mkdir -p "$ROOT/var" "$AIRFLOW_HOME"
+
+if [[ ${SEED:-0} == 1 || ! -f $ROOT/var/crm.db ]]; then
+    echo "run-local: seeding demo databases (ACCOUNTS=${ACCOUNTS:-5000})"
+    python -m crm.demo seed --accounts "${ACCOUNTS:-5000}"
+else
+    echo "run-local: var/crm.db exists, not reseeding (SEED=1 to force)"
+fi
+
+echo "run-local: migrating the Airflow metadata DB in $AIRFLOW_HOME"
+airflow db migrate >"$AIRFLOW_HOME/db-migrate.log" 2>&1 || {
+    cat "$AIRFLOW_HOME/db-migrate.log" >&2
+    exit 1
+}
+
+echo "run-local: applying airflow_settings.yaml"
+python -m crm.demo apply-settings --file "$ROOT/airflow_settings.yaml"
+
+SINK_PID=
+cleanup() {
+    if [[ -n $SINK_PID ]]; then
+        kill "$SINK_PID" 2>/dev/null || true
+        wait "$SINK_PID" 2>/dev/null || true
+    fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+if port_in_use "$SMTP_SINK_PORT"; then
+    echo "run-local: port $SMTP_SINK_PORT already in use; assuming an SMTP sink from an earlier run is still up" >&2
+else
+    python -m crm.demo smtp-sink --port "$SMTP_SINK_PORT" --dir "$ROOT/var/mail" &
+    SINK_PID=$!
+fi
+
+PASSWORDS=$AIRFLOW_HOME/simple_auth_manager_passwords.json.generated
+cat <<EOF
+run-local: starting airflow standalone on http://localhost:$AIRFLOW_PORT
+run-local: log in as admin; the generated password is in $PASSWORDS
+run-local: mail sent by the routines lands in $ROOT/var/mail (one .eml per message)
+EOF
+if [[ -f $PASSWORDS ]]; then
+    echo "run-local: current password file: $(cat "$PASSWORDS")"
+fi
+
+# Not exec: the EXIT trap must still stop the SMTP sink when standalone ends.
+airflow standalone
