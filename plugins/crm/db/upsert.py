@@ -1,0 +1,215 @@
+"""`upsert`: load a DataFrame into a table with INSERT ... ON CONFLICT DO UPDATE.
+
+One statement per chunk of rows (multi-row VALUES, sized under the driver's
+bound-variable limit), all chunks inside one transaction, so a failure in a
+late chunk leaves the table exactly as before. Rows whose compared columns
+are unchanged are not rewritten (the DO UPDATE has a WHERE ... IS DISTINCT
+FROM clause), which is what makes a re-run touch nothing and lets the caller
+tell updated rows from unchanged ones.
+
+The SQL text is built here rather than through `insert().values([...])`
+because compiling a statement with thousands of bound parameters per chunk
+costs more than the load itself; identifiers are quoted by the dialect and
+every value travels as a bound parameter.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from itertools import chain
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import Connection, Date, DateTime, Engine, Table, func, select
+
+# psycopg2 interpolates client-side; cap the statement size all the same.
+_MAX_PARAMS = {"postgresql": 60_000}
+_MAX_ROWS_PER_CHUNK = 5_000
+_PLACEHOLDER = {"qmark": "?", "format": "%s", "pyformat": "%s"}
+
+
+@dataclass(frozen=True)
+class UpsertResult:
+    """Counts of one upsert: rows new to the table, rows rewritten, rows that already held these values."""
+
+    inserted: int
+    updated: int
+    unchanged: int
+
+    @property
+    def written(self) -> int:
+        return self.inserted + self.updated
+
+
+def upsert(
+    target: Engine | Connection,
+    table: Table,
+    frame: pd.DataFrame,
+    key_columns: Sequence[str],
+    *,
+    compare_columns: Sequence[str] | None = None,
+    chunk_rows: int | None = None,
+) -> UpsertResult:
+    """Insert or update `frame` into `table`, keyed on `key_columns`, atomically.
+
+    `compare_columns` (default: every non-key column of the frame) decide whether an
+    existing row changed; columns outside it (run ids, timestamps) are written only
+    along with a real change. Pass a Connection to join the caller's transaction
+    (a savepoint keeps a failure from leaving half the rows behind).
+    """
+    key_columns = list(key_columns)
+    columns = [str(c) for c in frame.columns]
+    _validate(table, frame, columns, key_columns)
+    update_columns = [c for c in columns if c not in key_columns]
+    compare = list(update_columns if compare_columns is None else compare_columns)
+    unknown = [c for c in compare if c not in update_columns]
+    if unknown:
+        raise ValueError(f"upsert into {table.name}: compare_columns not among the updated columns: {unknown}")
+    if frame.empty:
+        return UpsertResult(0, 0, 0)
+
+    with _transaction(target) as conn:
+        dialect = conn.dialect
+        if dialect.name not in ("sqlite", "postgresql"):
+            raise NotImplementedError(f"upsert supports SQLite and PostgreSQL, not {dialect.name}")
+        placeholder = _PLACEHOLDER.get(dialect.paramstyle)
+        if placeholder is None:
+            raise NotImplementedError(f"upsert: driver paramstyle {dialect.paramstyle!r} is not supported")
+        values = [_driver_values(frame[c], table.c[c].type, dialect.name) for c in columns]
+        rows_per_chunk = _rows_per_chunk(conn, len(columns), chunk_rows)
+        sql_for = _statement_builder(conn, table, columns, key_columns, update_columns, compare, placeholder)
+
+        before = conn.execute(select(func.count()).select_from(table)).scalar_one()
+        changed = 0
+        n = len(frame)
+        for start in range(0, n, rows_per_chunk):
+            stop = min(start + rows_per_chunk, n)
+            params = tuple(chain.from_iterable(zip(*(v[start:stop] for v in values), strict=True)))
+            result = conn.exec_driver_sql(sql_for(stop - start), params)
+            changed += max(result.rowcount, 0)
+        after = conn.execute(select(func.count()).select_from(table)).scalar_one()
+
+    inserted = after - before
+    updated = changed - inserted
+    return UpsertResult(inserted=inserted, updated=updated, unchanged=n - inserted - updated)
+
+
+@contextmanager
+def _transaction(target: Engine | Connection) -> Iterator[Connection]:
+    if isinstance(target, Engine):
+        with target.begin() as conn:
+            yield conn
+    elif target.in_transaction():
+        with target.begin_nested():
+            yield target
+    else:
+        with target.begin():
+            yield target
+
+
+def _validate(table: Table, frame: pd.DataFrame, columns: list[str], key_columns: list[str]) -> None:
+    missing_in_table = [c for c in columns if c not in table.c]
+    if missing_in_table:
+        raise ValueError(f"upsert into {table.name}: columns not in the table: {missing_in_table}")
+    missing_keys = [c for c in key_columns if c not in columns]
+    if missing_keys or not key_columns:
+        raise ValueError(f"upsert into {table.name}: key columns missing from the frame: {missing_keys or key_columns}")
+    unique_sets = [{c.name for c in table.primary_key.columns}]
+    unique_sets += [{c.name for c in con.columns} for con in table.constraints if con.__class__.__name__ == "UniqueConstraint"]
+    unique_sets += [{c.name for c in ix.columns} for ix in table.indexes if ix.unique]
+    unique_sets += [{c.name} for c in table.columns if c.unique]
+    if set(key_columns) not in unique_sets:
+        raise ValueError(f"upsert into {table.name}: {key_columns} is not the primary key or a unique constraint")
+    keys = frame[key_columns]
+    if keys.isna().any().any():
+        raise ValueError(f"upsert into {table.name}: null values in key columns {key_columns}")
+    dup = keys.duplicated()
+    if dup.any():
+        first = keys[dup].iloc[0].to_dict()
+        raise ValueError(f"upsert into {table.name}: {int(dup.sum())} duplicate keys in the frame, e.g. {first}")
+
+
+def _rows_per_chunk(conn: Connection, ncols: int, chunk_rows: int | None) -> int:
+    if conn.dialect.name == "sqlite":
+        raw = conn.connection.dbapi_connection
+        limit = raw.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) if hasattr(raw, "getlimit") else 999
+    else:
+        limit = _MAX_PARAMS.get(conn.dialect.name, 30_000)
+    rows = max(1, min(limit // ncols, _MAX_ROWS_PER_CHUNK))
+    return min(rows, chunk_rows) if chunk_rows else rows
+
+
+def _statement_builder(
+    conn: Connection,
+    table: Table,
+    columns: list[str],
+    key_columns: list[str],
+    update_columns: list[str],
+    compare: list[str],
+    placeholder: str,
+) -> Any:
+    q = conn.dialect.identifier_preparer.quote
+    name = conn.dialect.identifier_preparer.format_table(table)
+    distinct = "IS NOT" if conn.dialect.name == "sqlite" else "IS DISTINCT FROM"
+    head = f"INSERT INTO {name} ({', '.join(q(c) for c in columns)}) VALUES "
+    row = "(" + ", ".join([placeholder] * len(columns)) + ")"
+    conflict = f" ON CONFLICT ({', '.join(q(c) for c in key_columns)}) "
+    if not update_columns:
+        tail = conflict + "DO NOTHING"
+    else:
+        tail = conflict + "DO UPDATE SET " + ", ".join(f"{q(c)} = excluded.{q(c)}" for c in update_columns)
+        if compare:
+            tail += " WHERE " + " OR ".join(f"{name}.{q(c)} {distinct} excluded.{q(c)}" for c in compare)
+    cache: dict[int, str] = {}
+
+    def sql_for(nrows: int) -> str:
+        if nrows not in cache:
+            cache[nrows] = head + ", ".join([row] * nrows) + tail
+        return cache[nrows]
+
+    return sql_for
+
+
+def _driver_values(series: pd.Series, sqltype: Any, dialect_name: str) -> list[Any]:
+    """Column values as the DBAPI driver takes them (None for nulls), vectorised where it matters."""
+    if pd.api.types.is_datetime64_any_dtype(series.dtype):
+        if getattr(series.dt, "tz", None) is not None:
+            series = series.dt.tz_convert("UTC").dt.tz_localize(None)
+        if isinstance(sqltype, Date) and not isinstance(sqltype, DateTime):
+            arr = series.to_numpy(dtype="datetime64[D]")
+            if dialect_name == "sqlite":  # SQLAlchemy's SQLite Date storage: 'YYYY-MM-DD'
+                return _none_where_nat(np.datetime_as_string(arr, unit="D").astype(object), arr)
+            return _none_where_nat(arr.astype(object), arr)
+        arr = series.to_numpy(dtype="datetime64[us]")
+        if dialect_name == "sqlite":  # SQLAlchemy's SQLite DateTime storage: 'YYYY-MM-DD HH:MM:SS.ffffff'
+            text = np.char.replace(np.datetime_as_string(arr, unit="us"), "T", " ")
+            return _none_where_nat(text.astype(object), arr)
+        return _none_where_nat(arr.astype(object), arr)
+    obj = series.astype(object)
+    mask = series.isna().to_numpy()
+    if mask.any():
+        obj = obj.where(~mask, None)
+    out = obj.tolist()
+    if dialect_name == "sqlite" and isinstance(sqltype, Date | DateTime):
+        process = sqltype.bind_processor(_sqlite_dialect())
+        if process is not None:
+            out = [None if v is None else process(v) for v in out]
+    return out
+
+
+def _none_where_nat(values: np.ndarray, arr: np.ndarray) -> list[Any]:
+    nat = np.isnat(arr)
+    if nat.any():
+        values = values.copy()
+        values[nat] = None
+    return values.tolist()
+
+
+def _sqlite_dialect() -> Any:
+    from sqlalchemy.dialects.sqlite import pysqlite
+
+    return pysqlite.SQLiteDialect_pysqlite()

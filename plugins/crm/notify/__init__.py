@@ -1,0 +1,1 @@
+"""Notifications: the run summary e-mail (the ledger, channels and templates build on this)."""

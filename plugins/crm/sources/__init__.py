@@ -1,0 +1,288 @@
+"""Extract: run the source queries in include/sql/<system>/*.sql and check their column contract.
+
+The SQL files are the one place a deployment adapts to its own ERP/GP schema.
+Each file declares, in its header, the columns it must return and the
+parameters it takes:
+
+    -- @column customer_code int      ERP customer code
+    -- @column last_quote    date?    `?` marks a nullable column
+    -- @param  since         datetime
+    -- @param  customer_codes int[]   a list: bound as an expanding IN (...) parameter
+
+Types: int, float, str, date, datetime, bool. A result that lacks a declared
+column, has a null in a non-nullable one, or a value of the wrong type fails
+with a `ContractError` naming the file and the column, before any routine
+sees the data. Results are read with the driver's own cursor (fetchmany) and
+turned into numpy-backed columns directly: the read is chunked, so a large
+table never has to fit in memory at once.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import functools
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import Connection, Engine, bindparam, text
+
+from crm.config import SQL_DIR
+
+TYPES = ("int", "float", "str", "date", "datetime", "bool")
+_HEADER = re.compile(r"^--\s*@(column|param)\s+(\w+)\s+(\w+)(\[\])?(\?)?\s*(.*)$")
+_EXPANDING_BATCH = 5_000
+
+
+class ContractError(ValueError):
+    """A source query broke its declared column contract (or its header is malformed)."""
+
+
+@dataclass(frozen=True)
+class ColumnSpec:
+    name: str
+    type: str
+    nullable: bool
+    description: str
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    name: str
+    type: str
+    is_list: bool
+    description: str
+
+
+@dataclass(frozen=True)
+class Query:
+    name: str
+    path: Path
+    sql: str
+    columns: tuple[ColumnSpec, ...]
+    params: tuple[ParamSpec, ...]
+
+    @property
+    def column_names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+
+@functools.cache
+def load_query(name: str, sql_dir: Path = SQL_DIR) -> Query:
+    """Parse include/sql/<name>.sql (e.g. 'erp/invoices') and its contract header."""
+    path = Path(sql_dir) / f"{name}.sql"
+    if not path.is_file():
+        raise ContractError(f"{path}: source query {name!r} not found")
+    sql = path.read_text(encoding="utf-8")
+    columns: list[ColumnSpec] = []
+    params: list[ParamSpec] = []
+    for lineno, line in enumerate(sql.splitlines(), 1):
+        stripped = line.strip()
+        if not re.match(r"^--\s*@", stripped):
+            continue
+        m = _HEADER.match(stripped)
+        if not m or m.group(3) not in TYPES:
+            raise ContractError(f"{path}:{lineno}: malformed contract line {stripped!r}; types are {', '.join(TYPES)}")
+        kind, col, typ, is_list, nullable, desc = m.groups()
+        if kind == "column":
+            if is_list:
+                raise ContractError(f"{path}:{lineno}: a column cannot be a list")
+            columns.append(ColumnSpec(col, typ, bool(nullable), desc.strip()))
+        else:
+            params.append(ParamSpec(col, typ, bool(is_list), desc.strip()))
+    if not columns:
+        raise ContractError(f"{path}: no '-- @column name type' lines: the contract is missing")
+    return Query(name, path, sql, tuple(columns), tuple(params))
+
+
+def read_frame(
+    db: Engine | Connection, name: str, params: Mapping[str, Any] | None = None, **kwargs: Any
+) -> pd.DataFrame:
+    """The whole result of a (small) source query as one checked DataFrame."""
+    frames = list(iter_frames(db, name, params, **kwargs))
+    if len(frames) == 1:
+        return frames[0]
+    return pd.concat(frames, ignore_index=True)
+
+
+def iter_frames(
+    db: Engine | Connection,
+    name: str,
+    params: Mapping[str, Any] | None = None,
+    *,
+    chunk_rows: int = 500_000,
+    sql_dir: Path = SQL_DIR,
+) -> Iterator[pd.DataFrame]:
+    """Checked DataFrames of at most `chunk_rows` rows; always at least one (possibly empty) frame."""
+    query = load_query(name, sql_dir)
+    params = dict(params or {})
+    _check_params(query, params)
+    list_params = [p.name for p in query.params if p.is_list]
+    if list_params:
+        # Long lists go in batches so no statement exceeds the driver's bound-variable limit.
+        (lp,) = list_params if len(list_params) == 1 else _too_many_lists(query)
+        values = list(params[lp])
+        yielded = False
+        for start in range(0, len(values), _EXPANDING_BATCH):
+            batch = {**params, lp: values[start : start + _EXPANDING_BATCH]}
+            for frame in _run(db, query, batch, chunk_rows):
+                yielded = True
+                yield frame
+        if not yielded:
+            yield _empty(query)
+        return
+    yield from _run(db, query, params, chunk_rows)
+
+
+def _too_many_lists(query: Query) -> Any:
+    raise ContractError(f"{query.path}: at most one list parameter is supported")
+
+
+def _check_params(query: Query, params: Mapping[str, Any]) -> None:
+    declared = {p.name for p in query.params}
+    missing = declared - params.keys()
+    extra = params.keys() - declared
+    if missing or extra:
+        raise ContractError(
+            f"{query.path}: parameters mismatch: missing {sorted(missing)}, not declared {sorted(extra)}"
+        )
+
+
+def _run(db: Engine | Connection, query: Query, params: Mapping[str, Any], chunk_rows: int) -> Iterator[pd.DataFrame]:
+    if isinstance(db, Engine):
+        with db.connect() as conn:
+            yield from _run(conn, query, params, chunk_rows)
+        return
+    stmt = text(query.sql)
+    for p in query.params:
+        if p.is_list:
+            stmt = stmt.bindparams(bindparam(p.name, expanding=True))
+    # Compiled to the driver's own paramstyle so the DBAPI cursor can stream it with fetchmany.
+    params = {k: _driver_param(v, db.dialect.name) for k, v in params.items()}
+    compiled = stmt.bindparams(**params).compile(dialect=db.dialect, compile_kwargs={"render_postcompile": True})
+    if compiled.positiontup is not None:
+        driver_params: Any = tuple(compiled.params[k] for k in compiled.positiontup)
+    else:
+        driver_params = compiled.params
+    raw = db.connection.dbapi_connection
+    if db.dialect.name == "postgresql":
+        cursor = raw.cursor(name=f"crm_src_{id(query)}")  # server-side: streamed, not fetched whole
+        cursor.itersize = chunk_rows
+    else:
+        cursor = raw.cursor()
+    try:
+        cursor.execute(compiled.string, driver_params)
+        names = [d[0] for d in cursor.description]
+        positions = _positions(query, names)
+        yielded = False
+        while True:
+            rows = cursor.fetchmany(chunk_rows)
+            if not rows:
+                break
+            yielded = True
+            yield _to_frame(query, rows, positions)
+        if not yielded:
+            yield _empty(query)
+    finally:
+        cursor.close()
+
+
+def _driver_param(value: Any, dialect_name: str) -> Any:
+    """Dates as SQLAlchemy stores them in SQLite ('YYYY-MM-DD', 'YYYY-MM-DD HH:MM:SS.ffffff'), so comparisons hold."""
+    if isinstance(value, list | tuple):
+        return [_driver_param(v, dialect_name) for v in value]
+    if dialect_name != "sqlite":
+        return value
+    if isinstance(value, pd.Timestamp):
+        value = value.to_pydatetime()
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is not None:
+            value = value.astimezone(dt.UTC).replace(tzinfo=None)
+        return value.strftime("%Y-%m-%d %H:%M:%S.%f")
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    return value
+
+
+def _positions(query: Query, names: Sequence[str]) -> list[int]:
+    lowered = [n.lower() for n in names]
+    missing = [c.name for c in query.columns if c.name.lower() not in lowered]
+    if missing:
+        raise ContractError(f"{query.path}: result lacks column(s) {missing}; it returned {list(names)}")
+    return [lowered.index(c.name.lower()) for c in query.columns]
+
+
+def _empty(query: Query) -> pd.DataFrame:
+    return pd.DataFrame({c.name: _convert(query, c, ()) for c in query.columns})
+
+
+def _to_frame(query: Query, rows: list[tuple], positions: list[int]) -> pd.DataFrame:
+    columns = list(zip(*rows, strict=True))
+    return pd.DataFrame({c.name: _convert(query, c, columns[pos]) for c, pos in zip(query.columns, positions, strict=True)})
+
+
+_PY_TYPES: dict[str, tuple[type, ...]] = {
+    "int": (int,),
+    "float": (float, int, decimal.Decimal),
+    "str": (str,),
+    "date": (dt.date, str),
+    "datetime": (dt.datetime, str),
+    "bool": (bool, int),
+}
+
+
+def _convert(query: Query, col: ColumnSpec, values: Sequence[Any]) -> Any:
+    """One result column as a typed array; wrong types and unexpected nulls are contract errors."""
+    where = f"{query.path}: column {col.name!r} ({col.type}{'?' if col.nullable else ''})"
+    has_null = None in values
+    if has_null and not col.nullable:
+        raise ContractError(f"{where}: null value, but the contract says not null")
+    sample = next((v for v in values if v is not None), None)
+    allowed = _PY_TYPES[col.type]
+    if sample is not None and (not isinstance(sample, allowed) or (col.type == "int" and isinstance(sample, bool))):
+        raise ContractError(f"{where}: got {type(sample).__name__} value {sample!r}")
+    try:
+        if col.type == "int":
+            if has_null:
+                return pd.array(values, dtype="Int64")
+            return np.array(values, dtype=np.int64)
+        if col.type == "float":
+            return np.array([np.nan if v is None else v for v in values] if has_null else values, dtype=np.float64)
+        if col.type == "bool":
+            if has_null:
+                return pd.array(values, dtype="boolean")
+            arr = np.array(values)
+            if arr.size and arr.dtype.kind not in "bi":
+                raise TypeError("not a boolean")
+            if arr.size and arr.dtype.kind == "i" and not np.isin(arr, (0, 1)).all():
+                raise TypeError("integer other than 0/1")
+            return arr.astype(bool)
+        if col.type == "str":
+            if any(v is not None and not isinstance(v, str) for v in values):
+                bad = next(v for v in values if v is not None and not isinstance(v, str))
+                raise TypeError(f"{type(bad).__name__} value {bad!r}")
+            return pd.array(values, dtype=object) if values else np.array([], dtype=object)
+        if col.type == "date":
+            return _dates(values, has_null)
+        return pd.to_datetime(pd.Series(values, dtype=object), format="ISO8601").to_numpy()
+    except ContractError:
+        raise
+    except (TypeError, ValueError, OverflowError, decimal.InvalidOperation) as exc:
+        raise ContractError(f"{where}: {exc}") from exc
+
+
+def _dates(values: Sequence[Any], has_null: bool) -> np.ndarray:
+    if not values:
+        return np.array([], dtype="datetime64[s]")
+    data = [None if v is None else v for v in values] if has_null else values
+    try:
+        # ISO strings (SQLite) and date objects (PostgreSQL) both convert in C.
+        arr = np.array(data, dtype="datetime64[D]")
+    except (TypeError, ValueError):
+        arr = pd.to_datetime(pd.Series(data, dtype=object), format="ISO8601").to_numpy().astype("datetime64[D]")
+    return arr.astype("datetime64[s]")
