@@ -177,17 +177,13 @@ def _run(db: Engine | Connection, query: Query, params: Mapping[str, Any], chunk
         cursor = raw.cursor()
     try:
         cursor.execute(compiled.string, driver_params)
-        names = [d[0] for d in cursor.description]
-        positions = _positions(query, names)
-        yielded = False
-        while True:
-            rows = cursor.fetchmany(chunk_rows)
-            if not rows:
-                break
-            yielded = True
-            yield _to_frame(query, rows, positions)
-        if not yielded:
+        rows = cursor.fetchmany(chunk_rows)  # a server-side cursor has no description before the first fetch
+        positions = _positions(query, [d[0] for d in cursor.description])
+        if not rows:
             yield _empty(query)
+        while rows:
+            yield _to_frame(query, rows, positions)
+            rows = cursor.fetchmany(chunk_rows)
     finally:
         cursor.close()
 

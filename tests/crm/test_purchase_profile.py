@@ -1,0 +1,141 @@
+"""The nine purchase fields, hand-computed for each edge case (pure transform, no database)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from crm.routines.purchase_profile import ProfileAccumulator, compute_profiles
+
+BD = dt.date(2026, 11, 22)
+
+
+def invoices(rows: list[tuple]) -> pd.DataFrame:
+    frame = pd.DataFrame(
+        rows, columns=["invoice_id", "customer_code", "issue_date", "total_value", "invoice_number", "cancelled"]
+    )
+    frame["issue_date"] = pd.to_datetime(frame["issue_date"])
+    return frame
+
+
+def quotes(rows: list[tuple]) -> pd.DataFrame:
+    frame = pd.DataFrame(rows, columns=["customer_code", "last_quote_date"])
+    frame["last_quote_date"] = pd.to_datetime(frame["last_quote_date"])
+    return frame
+
+
+def accounts(*codes: int) -> pd.DataFrame:
+    return pd.DataFrame({"account_id": [c * 10 for c in codes], "erp_customer_code": list(codes)})
+
+
+def profile_of(result: pd.DataFrame, account_id: int) -> dict:
+    return result.set_index("account_id").loc[account_id].to_dict()
+
+
+def test_should_resolve_same_day_invoices_by_entry_order():
+    inv = invoices(
+        [
+            (11, 1, "2026-03-01", 50.0, "NF-11", False),
+            (10, 1, "2026-03-01", 40.0, "NF-10", False),  # same first day, entered first -> first purchase
+            (30, 1, "2026-10-10", 70.0, "NF-30", False),
+            (31, 1, "2026-10-10", 80.0, "NF-31", False),  # same last day, entered last -> last purchase
+        ]
+    )
+    p = profile_of(compute_profiles(accounts(1), inv, quotes([]), BD), 10)
+    assert p["first_purchase_date"] == pd.Timestamp("2026-03-01") and p["first_purchase_value"] == 40.0
+    assert p["last_purchase_date"] == pd.Timestamp("2026-10-10") and p["last_purchase_value"] == 80.0
+    assert p["last_invoice_number"] == "NF-31"
+    assert p["accumulated_value"] == 240.0 and p["purchase_count"] == 4
+    assert p["days_since_last_purchase"] == 43
+
+
+def test_should_ignore_cancelled_invoices_everywhere():
+    inv = invoices(
+        [
+            (1, 1, "2026-01-01", 999.0, "NF-1", True),  # cancelled first
+            (2, 1, "2026-02-01", 10.0, "NF-2", False),
+            (3, 1, "2026-11-01", 999.0, "NF-3", True),  # cancelled last
+        ]
+    )
+    p = profile_of(compute_profiles(accounts(1), inv, quotes([]), BD), 10)
+    assert (p["first_purchase_date"], p["last_purchase_date"]) == (pd.Timestamp("2026-02-01"),) * 2
+    assert (p["accumulated_value"], p["purchase_count"], p["last_invoice_number"]) == (10.0, 1, "NF-2")
+
+
+def test_should_give_nulls_and_zero_to_accounts_without_purchases():
+    inv = invoices([(1, 2, "2026-01-01", 5.0, "NF-1", True)])  # only a cancelled invoice
+    result = compute_profiles(accounts(1, 2), inv, quotes([(1, "2026-05-05")]), BD)
+    for account_id in (10, 20):
+        p = profile_of(result, account_id)
+        assert p["purchase_count"] == 0 and p["accumulated_value"] == 0.0
+        assert pd.isna(p["first_purchase_date"]) and pd.isna(p["last_purchase_date"])
+        assert pd.isna(p["first_purchase_value"]) and pd.isna(p["last_purchase_value"])
+        assert pd.isna(p["days_since_last_purchase"]) and pd.isna(p["last_invoice_number"])
+    assert profile_of(result, 10)["last_quote_date"] == pd.Timestamp("2026-05-05")  # a quote without a purchase
+    assert pd.isna(profile_of(result, 20)["last_quote_date"])
+
+
+def test_should_ignore_invoices_and_quotes_after_the_business_date():
+    inv = invoices([(1, 1, "2026-11-22", 10.0, "NF-1", False), (2, 1, "2026-11-23", 20.0, "NF-2", False)])
+    q = quotes([(1, "2026-11-20"), (1, "2026-12-01")])
+    p = profile_of(compute_profiles(accounts(1), inv, q, BD), 10)
+    assert (p["purchase_count"], p["days_since_last_purchase"], p["last_invoice_number"]) == (1, 0, "NF-1")
+    assert p["last_quote_date"] == pd.Timestamp("2026-11-20")
+
+
+def test_should_ignore_customers_outside_the_scope():
+    inv = invoices([(1, 1, "2026-01-01", 10.0, "NF-1", False), (2, 99, "2026-01-01", 20.0, "NF-2", False)])
+    result = compute_profiles(accounts(1), inv, quotes([(99, "2026-01-01")]), BD)
+    assert result["account_id"].tolist() == [10]
+    assert profile_of(result, 10)["accumulated_value"] == 10.0
+
+
+def test_should_round_money_to_cents():
+    inv = invoices([(i, 1, "2026-01-01", 0.1, f"NF-{i}", False) for i in range(1, 4)])
+    assert profile_of(compute_profiles(accounts(1), inv, quotes([]), BD), 10)["accumulated_value"] == 0.3
+
+
+def test_should_give_the_same_answer_whatever_the_chunking():
+    rng = np.random.default_rng(7)
+    n = 5000
+    inv = invoices(
+        list(
+            zip(
+                rng.permutation(n) + 1,
+                rng.integers(1, 300, n),
+                pd.Timestamp("2020-01-01") + pd.to_timedelta(rng.integers(0, 2500, n), unit="D"),
+                np.round(rng.lognormal(4, 1, n), 2),
+                [f"NF-{i}" for i in range(n)],
+                rng.random(n) < 0.05,
+                strict=True,
+            )
+        )
+    )
+    acc = accounts(*range(1, 300))
+    whole = compute_profiles(acc, inv, quotes([]), BD)
+    chunked = ProfileAccumulator(acc, BD)
+    for start in range(0, n, 333):
+        chunked.add_invoices(inv.iloc[start : start + 333])
+    pd.testing.assert_frame_equal(chunked.result(), whole)
+    # and against a plain pandas sort + groupby
+    live = inv[~inv["cancelled"]].sort_values(["customer_code", "issue_date", "invoice_id"])
+    g = live.groupby("customer_code")
+    expected = pd.DataFrame(
+        {
+            "first_purchase_value": g["total_value"].first(),
+            "last_purchase_value": g["total_value"].last(),
+            "last_invoice_number": g["invoice_number"].last(),
+            "purchase_count": g.size(),
+        }
+    )
+    got = whole.assign(customer_code=whole["account_id"] // 10).set_index("customer_code")
+    got = got[got["purchase_count"] > 0]
+    pd.testing.assert_frame_equal(got[expected.columns], expected, check_names=False, check_dtype=False)
+
+
+def test_should_reject_duplicate_customer_codes_among_accounts():
+    with pytest.raises(ValueError, match="unique"):
+        ProfileAccumulator(pd.DataFrame({"account_id": [1, 2], "erp_customer_code": [5, 5]}), BD)

@@ -1,0 +1,118 @@
+"""crm.sources: the column contract of include/sql files is enforced with errors naming file and column."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+
+from crm.config import SQL_DIR
+from crm.db import engine_from_url
+from crm.sources import ContractError, iter_frames, load_query, read_frame
+
+
+@pytest.fixture
+def db(tmp_path: Path):
+    eng = engine_from_url(f"sqlite:///{tmp_path}/src.db")
+    with eng.begin() as conn:
+        conn.exec_driver_sql("create table t (code integer, d date, v numeric, name varchar, flag boolean, ts datetime)")
+        conn.exec_driver_sql(
+            "insert into t values (1, '2026-01-02', 1.5, 'Łukasz', 1, '2026-01-02 03:04:05.000000'),"
+            " (2, '2026-02-03', 2, 'Ștefan', 0, '2026-02-03 00:00:00.000000'),"
+            " (3, null, null, null, 0, null)"
+        )
+    return eng
+
+
+def write(tmp_path: Path, name: str, body: str) -> Path:
+    path = tmp_path / "sql" / f"{name}.sql"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(body, encoding="utf-8")
+    load_query.cache_clear()
+    return tmp_path / "sql"
+
+
+HEADER = """-- @column code int
+-- @column d date?
+-- @column v float?
+-- @column name str?
+-- @column flag bool
+-- @column ts datetime?
+"""
+
+
+def test_should_return_typed_columns_in_chunks(db, tmp_path):
+    sql_dir = write(tmp_path, "x/ok", HEADER + "select code, d, v, name, flag, ts from t order by code")
+    frames = list(iter_frames(db, "x/ok", chunk_rows=2, sql_dir=sql_dir))
+    assert [len(f) for f in frames] == [2, 1]
+    f = frames[0]
+    assert f["code"].dtype == np.int64 and f["v"].dtype == np.float64 and f["flag"].dtype == bool
+    assert f["d"].tolist()[0].date() == dt.date(2026, 1, 2)
+    assert f["ts"].tolist()[0].to_pydatetime() == dt.datetime(2026, 1, 2, 3, 4, 5)
+    assert f["name"].tolist() == ["Łukasz", "Ștefan"]
+
+
+def test_should_name_the_file_and_column_that_is_missing(db, tmp_path):
+    sql_dir = write(tmp_path, "x/missing", HEADER + "select code, d, v, flag, ts from t")
+    with pytest.raises(ContractError, match=r"missing\.sql.*lacks column\(s\) \['name'\]"):
+        read_frame(db, "x/missing", sql_dir=sql_dir)
+
+
+def test_should_name_the_file_and_column_with_a_wrong_type(db, tmp_path):
+    sql_dir = write(tmp_path, "x/wrong", "-- @column code int\nselect name as code from t where code = 1")
+    with pytest.raises(ContractError, match=r"wrong\.sql: column 'code' \(int\): got str value 'Łukasz'"):
+        read_frame(db, "x/wrong", sql_dir=sql_dir)
+
+
+def test_should_reject_nulls_in_a_non_nullable_column(db, tmp_path):
+    sql_dir = write(tmp_path, "x/nulls", "-- @column d date\nselect d from t")
+    with pytest.raises(ContractError, match=r"column 'd' \(date\): null value"):
+        read_frame(db, "x/nulls", sql_dir=sql_dir)
+
+
+def test_should_reject_an_unparseable_date(db, tmp_path):
+    sql_dir = write(tmp_path, "x/baddate", "-- @column d date\nselect 'yesterday' as d")
+    with pytest.raises(ContractError, match=r"baddate\.sql: column 'd'"):
+        read_frame(db, "x/baddate", sql_dir=sql_dir)
+
+
+def test_should_require_declared_parameters_and_bind_lists(db, tmp_path):
+    sql_dir = write(
+        tmp_path,
+        "x/params",
+        "-- @column code int\n-- @param codes int[]\n-- @param since date\n"
+        "select code from t where code in :codes and d >= :since order by code",
+    )
+    with pytest.raises(ContractError, match="missing \\['since'\\]"):
+        read_frame(db, "x/params", {"codes": [1]}, sql_dir=sql_dir)
+    got = read_frame(db, "x/params", {"codes": [1, 2, 3], "since": dt.date(2026, 1, 2)}, sql_dir=sql_dir)
+    assert got["code"].tolist() == [1, 2]
+    empty = read_frame(db, "x/params", {"codes": [], "since": dt.date(2026, 1, 2)}, sql_dir=sql_dir)
+    assert list(empty.columns) == ["code"] and empty.empty
+
+
+def test_should_fail_on_a_file_without_a_contract(tmp_path):
+    sql_dir = write(tmp_path, "x/nocontract", "select 1")
+    with pytest.raises(ContractError, match="contract is missing"):
+        load_query("x/nocontract", sql_dir)
+
+
+def test_should_parse_every_shipped_source_query():
+    names = sorted(str(p.relative_to(SQL_DIR).with_suffix("")) for p in SQL_DIR.rglob("*.sql"))
+    assert "erp/invoices" in names
+    for name in names:
+        assert load_query(name).columns
+
+
+def test_should_stream_from_postgresql(pg_engine, tmp_path):
+    with pg_engine.begin() as conn:
+        conn.execute(sa.text("create table t (code int, d date)"))
+        conn.execute(sa.text("insert into t select g, date '2026-01-01' + g from generate_series(1, 25) g"))
+    sql_dir = write(tmp_path, "x/pg", "-- @column code int\n-- @column d date\n-- @param codes int[]\n"
+                    "select code, d from t where code in :codes order by code")
+    frames = list(iter_frames(pg_engine, "x/pg", {"codes": list(range(1, 21))}, chunk_rows=8, sql_dir=sql_dir))
+    assert [len(f) for f in frames] == [8, 8, 4]
+    assert frames[0]["d"].tolist()[0].date() == dt.date(2026, 1, 2)
