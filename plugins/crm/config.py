@@ -56,7 +56,7 @@ def routine_settings(dag_id: str) -> dict[str, Any]:
 
 
 def schedule_for(dag_id: str) -> Any:
-    """The routine's timetable: several crons are allowed (the "automatic agenda"); none or disabled means manual only."""
+    """The routine's timetable: several crons allowed (the "automatic agenda"); none or disabled: manual only."""
     from airflow.sdk import MultipleCronTriggerTimetable
 
     s = routine_settings(dag_id)

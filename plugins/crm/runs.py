@@ -1,4 +1,4 @@
-"""crm_routine_run: one row per Airflow run of a routine (its summary, and the watermark incremental routines resume from)."""
+"""crm_routine_run: one row per run of a routine: its summary, and the watermark incremental runs resume from."""
 
 from __future__ import annotations
 

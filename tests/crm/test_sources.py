@@ -18,7 +18,9 @@ from crm.sources import ContractError, iter_frames, load_query, read_frame
 def db(tmp_path: Path):
     eng = engine_from_url(f"sqlite:///{tmp_path}/src.db")
     with eng.begin() as conn:
-        conn.exec_driver_sql("create table t (code integer, d date, v numeric, name varchar, flag boolean, ts datetime)")
+        conn.exec_driver_sql(
+            "create table t (code integer, d date, v numeric, name varchar, flag boolean, ts datetime)"
+        )
         conn.exec_driver_sql(
             "insert into t values (1, '2026-01-02', 1.5, 'Łukasz', 1, '2026-01-02 03:04:05.000000'),"
             " (2, '2026-02-03', 2, 'Ștefan', 0, '2026-02-03 00:00:00.000000'),"
@@ -111,8 +113,12 @@ def test_should_stream_from_postgresql(pg_engine, tmp_path):
     with pg_engine.begin() as conn:
         conn.execute(sa.text("create table t (code int, d date)"))
         conn.execute(sa.text("insert into t select g, date '2026-01-01' + g from generate_series(1, 25) g"))
-    sql_dir = write(tmp_path, "x/pg", "-- @column code int\n-- @column d date\n-- @param codes int[]\n"
-                    "select code, d from t where code in :codes order by code")
+    sql_dir = write(
+        tmp_path,
+        "x/pg",
+        "-- @column code int\n-- @column d date\n-- @param codes int[]\n"
+        "select code, d from t where code in :codes order by code",
+    )
     frames = list(iter_frames(pg_engine, "x/pg", {"codes": list(range(1, 21))}, chunk_rows=8, sql_dir=sql_dir))
     assert [len(f) for f in frames] == [8, 8, 4]
     assert frames[0]["d"].tolist()[0].date() == dt.date(2026, 1, 2)

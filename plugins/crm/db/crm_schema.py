@@ -276,7 +276,9 @@ class_transition_rule = Table(
     Column("id", Integer, primary_key=True),
     Column("from_class_id", ForeignKey("crm_class.id"), doc="null: from any class"),
     Column("to_class_id", ForeignKey("crm_class.id"), nullable=False),
-    Column("measure", String(40), nullable=False, doc="accumulated_value, purchase_count, days_since_last_purchase, ..."),
+    Column(
+        "measure", String(40), nullable=False, doc="accumulated_value, purchase_count, days_since_last_purchase, ..."
+    ),
     Column("operator", String(4), nullable=False, doc=">=, >, <=, <, =, !="),
     Column("threshold", Float, nullable=False),
     Column("window_months", Integer, doc="look-back for windowed measures"),

@@ -32,9 +32,10 @@ def url_from_connection(conn: Any) -> str:
         if not path:
             raise ValueError(f"connection {conn.conn_id!r}: a sqlite connection needs the database file in host")
         return f"sqlite:///{path}"
-    if ctype in _POSTGRES_TYPES:
+    if ctype.split("+")[0] in _POSTGRES_TYPES:
+        driver = ctype.split("+")[1] if "+" in ctype else "psycopg2"
         return URL.create(
-            "postgresql+psycopg2",
+            f"postgresql+{driver}",
             username=conn.login or None,
             password=conn.password or None,
             host=conn.host or None,

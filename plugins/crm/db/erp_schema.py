@@ -37,7 +37,9 @@ representative = Table(
     Column("name", String(120), nullable=False),
     Column("email", String(254)),
 )
-carrier = Table("carrier", metadata, Column("id", Integer, primary_key=True), Column("name", String(120), nullable=False))
+carrier = Table(
+    "carrier", metadata, Column("id", Integer, primary_key=True), Column("name", String(120), nullable=False)
+)
 bearer = Table(
     "bearer",
     metadata,

@@ -119,7 +119,9 @@ def _validate(table: Table, frame: pd.DataFrame, columns: list[str], key_columns
     if missing_keys or not key_columns:
         raise ValueError(f"upsert into {table.name}: key columns missing from the frame: {missing_keys or key_columns}")
     unique_sets = [{c.name for c in table.primary_key.columns}]
-    unique_sets += [{c.name for c in con.columns} for con in table.constraints if con.__class__.__name__ == "UniqueConstraint"]
+    unique_sets += [
+        {c.name for c in con.columns} for con in table.constraints if con.__class__.__name__ == "UniqueConstraint"
+    ]
     unique_sets += [{c.name for c in ix.columns} for ix in table.indexes if ix.unique]
     unique_sets += [{c.name} for c in table.columns if c.unique]
     if set(key_columns) not in unique_sets:

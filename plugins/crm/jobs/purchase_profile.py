@@ -102,11 +102,15 @@ def compute(
         accounts = accounts[wanted].reset_index(drop=True)
         codes = accounts["erp_customer_code"].tolist()
         invoices = iter_frames(
-            erp, "erp/invoices_by_customer", {"business_date": business_date, "customer_codes": codes},
+            erp,
+            "erp/invoices_by_customer",
+            {"business_date": business_date, "customer_codes": codes},
             chunk_rows=chunk_rows,
         )
         quotes = iter_frames(
-            erp, "erp/last_quotes_by_customer", {"business_date": business_date, "customer_codes": codes},
+            erp,
+            "erp/last_quotes_by_customer",
+            {"business_date": business_date, "customer_codes": codes},
             chunk_rows=chunk_rows,
         )
     else:

@@ -28,11 +28,15 @@ def _env() -> SandboxedEnvironment:
     )
 
 
-def render_summary(dag_id: str, run_id: str, business_date: str, status: str, summary: Mapping[str, Any]) -> tuple[str, str]:
+def render_summary(
+    dag_id: str, run_id: str, business_date: str, status: str, summary: Mapping[str, Any]
+) -> tuple[str, str]:
     """Subject and HTML body of a run summary."""
     subject = f"[crm-batch] {dag_id} {business_date}: {status}"
-    html = _env().get_template("email/run_summary.html").render(
-        dag_id=dag_id, run_id=run_id, business_date=business_date, status=status, summary=dict(summary)
+    html = (
+        _env()
+        .get_template("email/run_summary.html")
+        .render(dag_id=dag_id, run_id=run_id, business_date=business_date, status=status, summary=dict(summary))
     )
     return subject, html
 

@@ -141,9 +141,9 @@ class ProfileAccumulator:
                 "last_quote_date": np.where(
                     self.last_quote_day == _NO_LAST, np.datetime64("NaT"), _DAY0 + np.maximum(self.last_quote_day, 0)
                 ).astype("datetime64[s]"),
-                "days_since_last_purchase": pd.array(
-                    np.where(bought, days_since, np.nan), dtype="Float64"
-                ).astype("Int64"),
+                "days_since_last_purchase": pd.array(np.where(bought, days_since, np.nan), dtype="Float64").astype(
+                    "Int64"
+                ),
                 "last_invoice_number": pd.array(self.last_number, dtype=object),
             }
         )

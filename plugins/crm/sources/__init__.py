@@ -219,7 +219,9 @@ def _empty(query: Query) -> pd.DataFrame:
 
 def _to_frame(query: Query, rows: list[tuple], positions: list[int]) -> pd.DataFrame:
     columns = list(zip(*rows, strict=True))
-    return pd.DataFrame({c.name: _convert(query, c, columns[pos]) for c, pos in zip(query.columns, positions, strict=True)})
+    return pd.DataFrame(
+        {c.name: _convert(query, c, columns[pos]) for c, pos in zip(query.columns, positions, strict=True)}
+    )
 
 
 _PY_TYPES: dict[str, tuple[type, ...]] = {
