@@ -1,0 +1,29 @@
+"""`python -m crm.db create-schema --url URL`: create the CRM tables in a real CRM database.
+
+The reference ERP/GP schemas are only for the demo (`--which erp|gp`); a real ERP is read through
+include/sql and never written.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from crm.db import crm_schema, engine_from_url, erp_schema, gp_schema
+
+METADATA = {"crm": crm_schema.metadata, "erp": erp_schema.metadata, "gp": gp_schema.metadata}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m crm.db", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    create = sub.add_parser("create-schema", help="create missing tables (existing ones are left alone)")
+    create.add_argument("--url", required=True, help="SQLAlchemy URL, e.g. postgresql+psycopg2://user@host/crm")
+    create.add_argument("--which", choices=sorted(METADATA), default="crm")
+    args = parser.parse_args(argv)
+    engine = engine_from_url(args.url)
+    METADATA[args.which].create_all(engine)
+    print(f"{args.which} schema ready at {engine.url.render_as_string(hide_password=True)}")
+
+
+if __name__ == "__main__":
+    main()
