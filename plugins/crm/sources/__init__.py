@@ -22,8 +22,10 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import functools
+import gc
 import re
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -177,13 +179,17 @@ def _run(db: Engine | Connection, query: Query, params: Mapping[str, Any], chunk
         cursor = raw.cursor()
     try:
         cursor.execute(compiled.string, driver_params)
-        rows = cursor.fetchmany(chunk_rows)  # a server-side cursor has no description before the first fetch
+        with _gc_paused():
+            rows = cursor.fetchmany(chunk_rows)  # a server-side cursor has no description before the first fetch
         positions = _positions(query, [d[0] for d in cursor.description])
         if not rows:
             yield _empty(query)
         while rows:
-            yield _to_frame(query, rows, positions)
-            rows = cursor.fetchmany(chunk_rows)
+            with _gc_paused():
+                frame = _to_frame(query, rows, positions)
+                del rows
+                rows = cursor.fetchmany(chunk_rows)
+            yield frame
     finally:
         cursor.close()
 
@@ -203,6 +209,23 @@ def _driver_param(value: Any, dialect_name: str) -> Any:
     if isinstance(value, dt.date):
         return value.isoformat()
     return value
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """No cyclic GC while a chunk's million row tuples are created and dropped.
+
+    Row tuples hold no cycles (reference counting frees them), but each allocation burst
+    triggers collections that rescan every live tuple: measured 2-3x slower transposition.
+    The pause never spans a `yield`, so the caller's code runs with the collector on.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def _positions(query: Query, names: Sequence[str]) -> list[int]:
@@ -261,10 +284,11 @@ def _convert(query: Query, col: ColumnSpec, values: Sequence[Any]) -> Any:
                 raise TypeError("integer other than 0/1")
             return arr.astype(bool)
         if col.type == "str":
-            if any(v is not None and not isinstance(v, str) for v in values):
+            if not set(map(type, values)) <= {str, type(None)}:
                 bad = next(v for v in values if v is not None and not isinstance(v, str))
                 raise TypeError(f"{type(bad).__name__} value {bad!r}")
-            return pd.array(values, dtype=object) if values else np.array([], dtype=object)
+            # object dtype on purpose: pandas 3 would otherwise copy every value into an Arrow string column.
+            return pd.Series(values, dtype=object) if values else pd.Series([], dtype=object)
         if col.type == "date":
             return _dates(values, has_null)
         return pd.to_datetime(pd.Series(values, dtype=object), format="ISO8601").to_numpy()
