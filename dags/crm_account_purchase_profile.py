@@ -17,6 +17,7 @@ Connections: `crm_db`, `erp_db`, `smtp_default`. Source queries: `include/sql/er
 
 from __future__ import annotations
 
+import pendulum
 from airflow.sdk import Asset, Param, dag, get_current_context, task
 
 from crm.config import routine_settings, schedule_for
@@ -136,7 +137,11 @@ def crm_account_purchase_profile():
         ctx = get_current_context()
         facts = run_facts(ctx)
         to = resolve_recipients(DAG_ID, ctx["params"]["notify_to"], facts["requested_by"], engine_for(CRM_DB))
-        send_summary(to, DAG_ID, facts["run_id"], loaded["business_date"], "success", loaded["summary"])
+        summary = {
+            **loaded["summary"],
+            "duration_seconds": round((pendulum.now("UTC") - facts["started_at"]).total_seconds(), 1),
+        }
+        send_summary(to, DAG_ID, facts["run_id"], loaded["business_date"], "success", summary)
         staged = staging_path(DAG_ID, facts["run_id"])
         if staged.exists():
             staged.rmdir(recursive=True)

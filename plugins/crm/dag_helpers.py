@@ -27,6 +27,7 @@ def default_args(dag_id: str) -> dict[str, Any]:
         "retry_delay": pendulum.duration(minutes=int(s.get("retry_delay_minutes", 1))),
         "retry_exponential_backoff": True,
         "pool": s["pool"],
+        "on_failure_callback": record_failure,
     }
 
 
@@ -108,3 +109,46 @@ def staging_path(dag_id: str, run_id: str) -> Any:
     base = os.environ.get("CRM_STAGING_URL") or f"file://{VAR_DIR / 'staging'}"
     safe_run = re.sub(r"[^A-Za-z0-9_.-]", "_", run_id)
     return ObjectStoragePath(base) / dag_id / safe_run
+
+
+def record_failure(context: Mapping[str, Any]) -> None:
+    """A task failed for good: mark the run failed in crm_routine_run and tell the requester why.
+
+    Runs in the worker after the last retry. It must never raise: a broken callback would hide
+    the original error, so its own problems are only logged.
+    """
+    import logging
+
+    log = logging.getLogger(__name__)
+    try:
+        from crm.db import CRM_DB, engine_for
+        from crm.notify.summary import send_summary
+        from crm.runs import record_run
+
+        dag_id = context["dag"].dag_id
+        settings = routine_settings(dag_id)
+        facts = run_facts(context)
+        bdate = business_date(context, settings["timezone"])
+        error = context.get("exception")
+        summary = {
+            "failed_task": context["task_instance"].task_id,
+            "error": f"{type(error).__name__}: {error}" if error else "unknown error",
+        }
+        crm = engine_for(CRM_DB)
+        record_run(
+            crm,
+            dag_id=dag_id,
+            run_id=facts["run_id"],
+            business_date=bdate,
+            status="failed",
+            started_at=facts["started_at"],
+            finished_at=dt.datetime.now(dt.UTC),
+            requested_by=facts["requested_by"],
+            summary=summary,
+        )
+        params = context.get("params") or {}
+        to = resolve_recipients(dag_id, params.get("notify_to"), facts["requested_by"], crm)
+        if to:
+            send_summary(to, dag_id, facts["run_id"], bdate.isoformat(), "failed", summary)
+    except Exception:
+        log.exception("could not record the failure of this run in crm_routine_run / by e-mail")

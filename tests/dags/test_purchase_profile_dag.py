@@ -193,5 +193,9 @@ def test_should_move_day_counts_to_the_next_business_date_incrementally(dagbag, 
 def test_should_fail_clearly_on_an_unknown_audience(dagbag, demo, smtp_sink):
     run = run_dag(dagbag, audience="NO_SUCH_AUDIENCE", notify_to="ops@example.com")
     assert run.state == "failed"
-    assert actual_profiles(demo).empty and routine_runs(demo) == []
-    assert smtp_sink.messages() == []
+    assert actual_profiles(demo).empty
+    (failed,) = routine_runs(demo)
+    assert failed["status"] == "failed"
+    assert "audience 'NO_SUCH_AUDIENCE' does not exist" in json.loads(failed["summary"])["error"]
+    (mail,) = smtp_sink.messages()
+    assert "failed" in mail["Subject"] and "NO_SUCH_AUDIENCE" in mail.get_body(("html",)).get_content()
