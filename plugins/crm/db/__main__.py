@@ -25,5 +25,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{args.which} schema ready at {engine.url.render_as_string(hide_password=True)}")
 
 
-if __name__ == "__main__":
+# Airflow's plugin loader imports every .py under plugins/ as a top-level module (plugins/.airflowignore
+# excludes crm/); the package check is the second fence against running this inside the scheduler.
+if __name__ == "__main__" and __package__ == "crm.db":
     main()
