@@ -43,7 +43,7 @@ if port_in_use "$AIRFLOW_PORT"; then
     exit 1
 fi
 
-mkdir -p "$ROOT/var" "$AIRFLOW_HOME"
+mkdir -p "$ROOT/var" "$AIRFLOW_HOME" "$ROOT/dags"  # dags/ may be absent in a fresh clone
 
 if [[ ${SEED:-0} == 1 || ! -f $ROOT/var/crm.db ]]; then
     echo "run-local: seeding demo databases (ACCOUNTS=${ACCOUNTS:-5000})"
@@ -62,13 +62,28 @@ echo "run-local: applying airflow_settings.yaml"
 python -m crm.demo apply-settings --file "$ROOT/airflow_settings.yaml"
 
 SINK_PID=
-cleanup() {
+AIRFLOW_PID=
+stop_all() {
+    # standalone runs in its own process group: SIGTERM to the whole group stops every component
+    # cleanly. (A terminal Ctrl-C would SIGINT them all at once, which can leave the scheduler
+    # waiting forever on its LocalExecutor workers.)
+    if [[ -n $AIRFLOW_PID ]] && kill -0 -- "-$AIRFLOW_PID" 2>/dev/null; then
+        echo "run-local: stopping airflow"
+        kill -TERM -- "-$AIRFLOW_PID" 2>/dev/null || true
+        for _ in $(seq 1 30); do
+            kill -0 -- "-$AIRFLOW_PID" 2>/dev/null || break
+            sleep 1
+        done
+        kill -KILL -- "-$AIRFLOW_PID" 2>/dev/null || true
+    fi
+    AIRFLOW_PID=
     if [[ -n $SINK_PID ]]; then
         kill "$SINK_PID" 2>/dev/null || true
         wait "$SINK_PID" 2>/dev/null || true
+        SINK_PID=
     fi
 }
-trap cleanup EXIT
+trap stop_all EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
@@ -89,5 +104,10 @@ if [[ -f $PASSWORDS ]]; then
     echo "run-local: current password file: $(cat "$PASSWORDS")"
 fi
 
-# Not exec: the EXIT trap must still stop the SMTP sink when standalone ends.
-airflow standalone
+# In the background with job control on, so it gets a process group of its own (see stop_all); the
+# script waits for it and stops everything on Ctrl-C, SIGTERM or when standalone exits.
+set -m
+airflow standalone </dev/null &
+AIRFLOW_PID=$!
+set +m
+wait "$AIRFLOW_PID"
