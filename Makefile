@@ -27,7 +27,7 @@ help:
 	@echo "make bench    bench/purchase_profile.py (BENCH_ARGS=...)"
 	@echo "make lint     ruff check + ruff format --check   (make format fixes)"
 	@echo "make venv     create/update .venv only"
-	@echo "make clean    remove var/ state and caches (keeps .venv); make distclean also removes .venv"
+	@echo "make clean    remove var/ (demo DBs, Airflow home, mail, bench data) and caches; make distclean also removes .venv"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -59,7 +59,7 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 
 clean:
-	rm -rf var/airflow-home var/mail var/*.db var/staging .pytest_cache .ruff_cache
+	rm -rf var .pytest_cache .ruff_cache
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
 
 distclean: clean
