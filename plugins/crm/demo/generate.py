@@ -390,7 +390,7 @@ class _Database:
         self.con = sqlite3.connect(path, isolation_level=None)
         # ignore_check_constraints: an IN (...) CHECK costs ~4x per row under executemany (SQLite rebuilds the
         # list for every step); the generated values satisfy the CHECKs by construction (the tests verify it).
-        for pragma in ("journal_mode=OFF", "synchronous=OFF", "cache_size=-262144", "temp_store=MEMORY",
+        for pragma in ("journal_mode=OFF", "synchronous=OFF", "cache_size=-262144",
                        "locking_mode=EXCLUSIVE", "ignore_check_constraints=ON"):  # fmt: skip
             self.con.execute(f"PRAGMA {pragma}")
         self.indexes = self.con.execute(
@@ -419,6 +419,11 @@ class _Database:
         return load.rows
 
     def finish(self) -> dict[str, int]:
+        # The sorter of CREATE INDEX is about twice as fast spilling to temp files (the OS caches them) as with
+        # temp_store=MEMORY and a big page cache (measured: 10 M invoices, 29 s -> 13 s per index).
+        self.con.execute("PRAGMA cache_size=-2000")
+        self.con.execute("PRAGMA temp_store=FILE")
+        self.con.execute("PRAGMA mmap_size=4294967296")
         for name, table, sql in self.indexes:
             started = time.perf_counter()
             self.con.execute(sql)
@@ -1103,7 +1108,7 @@ def _crm_phones(db: _Database, pop: _Population, contacts: dict[str, np.ndarray]
             rng = _rng(pop.seed, "crm_phone", k)
             acc = np.arange(a, b)
             country = pop.country[a:b]
-            has_mobile = np.array([m is not None for m in pop.mobile[a:b]])
+            has_mobile = np.not_equal(pop.mobile[a:b], None)
             landline = rng.random(len(acc)) < np.where(pop.pj[a:b], 0.5, 0.3)
             commercial = rng.random(len(acc)) < np.where(pop.pj[a:b], 0.85, 0.08)
             second = has_mobile & (rng.random(len(acc)) < 0.05)
@@ -1430,7 +1435,7 @@ def _crm_tasks(db: _Database, pop: _Population) -> None:
 def _crm_external_ids(db: _Database, pop: _Population) -> None:
     clock, bd = pop.clock, pop.bd
     rng = _rng(pop.seed, "crm_external_id")
-    with_mobile = np.flatnonzero(np.array([m is not None for m in pop.mobile]) & pop.active)
+    with_mobile = np.flatnonzero(np.not_equal(pop.mobile, None) & pop.active)
     k = min(len(with_mobile), max(5, len(with_mobile) // 200))
     rows = np.sort(rng.choice(with_mobile, k, replace=False))
     phone = pop.mobile[rows].copy()
@@ -1943,7 +1948,7 @@ def _write_gp(path: Path, pop: _Population, log: Log) -> dict[str, int]:
     dep_contract = np.sort(rng.integers(0, max(nc, 1), nd)) if nc else np.zeros(0, dtype=np.int64)
     dep_people = _people(rng, np.full(nd, BR), rng.random(nd) < 0.5)
     dep_seq = 50 + np.arange(nd) - np.searchsorted(dep_contract, dep_contract)
-    dep_tax = _nullable(_cpf(_unique(pop.seed, "cpf", 10_000_000 + np.arange(nd), 100_000_000, 899_999_999)),
+    dep_tax = _nullable(_cpf(_unique(pop.seed, "cpf", 3 * pop.n + np.arange(nd), 100_000_000, 899_999_999)),
                         rng.random(nd) < 0.5)  # fmt: skip
     db.insert(
         "beneficiary",
