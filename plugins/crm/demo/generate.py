@@ -1440,7 +1440,7 @@ def _crm_external_ids(db: _Database, pop: _Population) -> None:
     rows = np.sort(rng.choice(with_mobile, k, replace=False))
     phone = pop.mobile[rows].copy()
     changed = rng.random(k) < 0.1  # the contact was sent with a number the account no longer has
-    changed[0] = True
+    changed[:1] = True
     phone[changed] = _mobiles(rng, pop.country[rows][changed])
     hex_digits = np.array(list("0123456789abcdef"), dtype=object)
     ext = np.array(["".join(row) for row in hex_digits[rng.integers(0, 16, (k, 24))]], dtype=object)
@@ -1968,9 +1968,9 @@ def _write_gp(path: Path, pop: _Population, log: Log) -> dict[str, int]:
 # --------------------------------------------------------------------------------------------------
 
 
-def _erp_child(path: Path, pop: _Population, conn: Any) -> None:
+def _erp_child(path: Path, pop: _Population, log: Log, conn: Any) -> None:
     try:
-        conn.send(("ok", _write_erp(path, pop, _print)))
+        conn.send(("ok", _write_erp(path, pop, log)))
     except BaseException:
         conn.send(("error", traceback.format_exc()))
     finally:
@@ -2012,12 +2012,14 @@ def generate(
         f"{int(pop.cust_invoices.sum()):,} planned invoices {time.perf_counter() - started:8.1f}s")  # fmt: skip
     if parallel is None:
         parallel = accounts >= PARALLEL_FROM and (os.cpu_count() or 1) > 1
+    # fork only: the child inherits the population instead of pickling it; daemonic processes may not fork.
     parallel = parallel and "fork" in multiprocessing.get_all_start_methods()
+    parallel = parallel and not multiprocessing.current_process().daemon
     counts: dict[str, int] = {}
     if parallel:
         ctx = multiprocessing.get_context("fork")
         receiver, sender = ctx.Pipe(duplex=False)
-        child = ctx.Process(target=_erp_child, args=(out_dir / "erp.db", pop, sender), name="crm-demo-erp")
+        child = ctx.Process(target=_erp_child, args=(out_dir / "erp.db", pop, log, sender), name="crm-demo-erp")
         child.start()
         sender.close()
         try:
