@@ -10,9 +10,11 @@ Why it is built this way:
   Nothing reads the clock: every timestamp derives from ``business_date``.
 - Fast: columns are generated with numpy (no per-row Python), dates become strings through a
   lookup table of day strings, rows go in through the raw ``sqlite3`` connection's ``executemany``
-  with ``journal_mode=OFF`` / ``synchronous=OFF``, one transaction per table, and the schema's
-  secondary indexes are dropped before the load and recreated after it. The ERP database (the
-  invoices) is written by a forked process while this one writes the CRM and GP databases.
+  of multi-row ``INSERT ... VALUES (...), (...)`` statements (parameters laid out by a 2-D object
+  array) with ``journal_mode=OFF`` / ``synchronous=OFF`` / ``ignore_check_constraints=ON``, one
+  transaction per table; the schema's secondary indexes are dropped before the load and recreated
+  after it. The ERP database (the invoices) is written by a forked process while this one writes the
+  CRM and GP databases. 1 M accounts / 10 M invoices: about 5 minutes on one busy core.
 - Bounded memory: invoices are generated window by window of issue dates (~1 M rows each), CRM
   child tables chunk by chunk of accounts.
 - The schema is the project's (``crm.db.*_schema.metadata``, created with ``create_all``); values are
