@@ -91,19 +91,24 @@ class CaseCrashed(RuntimeError):
 # --------------------------------------------------------------------------------------------
 
 
-def dba_select(only_sample: bool = False) -> str:
+DBA_VARIANTS = ("customer_code index", "not indexed")
+
+
+def dba_select(only_sample: bool = False, not_indexed: bool = False) -> str:
     """The nine fields in one SELECT over crm_account and the attached ERP (`erp`), routine semantics.
 
     Cancelled invoices and those after :bd do not count; same-day ties go to the lowest id (first)
-    and the highest id (last). `only_sample` restricts it to the codes in temp.bench_sample.
+    and the highest id (last). `only_sample` restricts it to the codes in temp.bench_sample;
+    `not_indexed` makes SQLite scan invoice and quote sequentially instead of through an index.
     """
     sample = " AND customer_code IN (SELECT code FROM temp.bench_sample)" if only_sample else ""
+    hint = " NOT INDEXED" if not_indexed else ""
     return f"""
 WITH ranked AS (
     SELECT customer_code, issue_date, total_value, number,
            ROW_NUMBER() OVER (PARTITION BY customer_code ORDER BY issue_date, id) AS first_rank,
            ROW_NUMBER() OVER (PARTITION BY customer_code ORDER BY issue_date DESC, id DESC) AS last_rank
-    FROM erp.invoice
+    FROM erp.invoice{hint}
     WHERE NOT cancelled AND issue_date <= :bd{sample}
 ), agg AS (
     SELECT customer_code,
@@ -118,7 +123,7 @@ WITH ranked AS (
     GROUP BY customer_code
 ), q AS (
     SELECT customer_code, MAX(quote_date) AS last_quote_date
-    FROM erp.quote
+    FROM erp.quote{hint}
     WHERE quote_date <= :bd{sample}
     GROUP BY customer_code
 )
@@ -292,16 +297,42 @@ def _cursor_run(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _sql_run(spec: dict[str, Any]) -> dict[str, Any]:
-    """Case e: the same nine fields computed by SQLite itself, written to a scratch database."""
+    """Case e: the same nine fields computed by SQLite itself, written to a scratch database.
+
+    The fairest peer is the fastest statement a DBA would write, and which one is fastest depends
+    on the size of the data: through the customer_code indexes (already in customer order for the
+    window functions, but a random walk over the table) or with NOT INDEXED (one sequential scan,
+    then sorts). Both run, each into its own scratch database; the faster one is reported (and
+    its output is the one the guard checks), the other's time is kept in the results.
+    """
     base = _rss_mib()
-    t0 = time.perf_counter()
-    with closing(sqlite3.connect(spec["crm"])) as conn:
-        conn.execute("ATTACH DATABASE ? AS erp", (spec["erp"],))
-        conn.execute("ATTACH DATABASE ? AS scratch", (spec["scratch"],))
-        conn.execute("CREATE TABLE scratch.profile AS " + dba_select(), {"bd": spec["business_date"]})
-        conn.commit()
-        rows = conn.execute("SELECT COUNT(*) FROM scratch.profile").fetchone()[0]
-    return {"seconds": time.perf_counter() - t0, "rows": rows, "unit": "profiles", "base_rss_mib": base}
+    timings: dict[str, float] = {}
+    rows = 0
+    for variant in DBA_VARIANTS:
+        scratch = f"{spec['scratch']}.{variant}"
+        t0 = time.perf_counter()
+        with closing(sqlite3.connect(spec["crm"])) as conn:
+            conn.execute("ATTACH DATABASE ? AS erp", (spec["erp"],))
+            conn.execute("ATTACH DATABASE ? AS scratch", (scratch,))
+            conn.execute(
+                "CREATE TABLE scratch.profile AS " + dba_select(not_indexed=variant == "not indexed"),
+                {"bd": spec["business_date"]},
+            )
+            conn.commit()
+            rows = conn.execute("SELECT COUNT(*) FROM scratch.profile").fetchone()[0]
+        timings[variant] = time.perf_counter() - t0
+    fastest = min(timings, key=timings.__getitem__)
+    os.replace(f"{spec['scratch']}.{fastest}", spec["scratch"])
+    for variant in DBA_VARIANTS:
+        Path(f"{spec['scratch']}.{variant}").unlink(missing_ok=True)
+    return {
+        "seconds": timings[fastest],
+        "rows": rows,
+        "unit": "profiles",
+        "base_rss_mib": base,
+        "variant": fastest,
+        "variant_seconds": timings,
+    }
 
 
 CHILD_RUNNERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
@@ -650,6 +681,9 @@ def _case_rows(cases: dict[str, dict[str, Any]]) -> list[list[str]]:
         what = CASES[case]
         if case in ("a", "b", "b2"):
             what += f" [compute {r['compute_seconds']:.2f} s + load {r['load_seconds']:.2f} s]"
+        if r.get("variant"):
+            others = ", ".join(f"{v} {t:.2f} s" for v, t in r["variant_seconds"].items() if v != r["variant"])
+            what += f" [fastest of two statements: {r['variant']}; {others}]"
         if r.get("extrapolated"):
             what += f" [extrapolated from {r['sample_accounts']:,} accounts, {r['per_account_ms']:.2f} ms each]"
         rate = r["rows"] / r["seconds"] if r["seconds"] else float("nan")

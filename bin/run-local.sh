@@ -4,7 +4,7 @@
 # Everything lives under var/ (var/airflow-home, var/*.db, var/mail). Ctrl-C stops it all.
 #
 # Env: SEED=1 reseeds even if var/crm.db exists; ACCOUNTS (default 5000) sizes the seed;
-#      AIRFLOW_PORT (default 8080), SMTP_SINK_PORT (default 8025).
+#      AIRFLOW_PORT (default 8080), SMTP_SINK_PORT (default 8025), SMS_GATEWAY_PORT (default 8026).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -18,6 +18,8 @@ fi
 
 AIRFLOW_PORT=${AIRFLOW_PORT:-8080}
 SMTP_SINK_PORT=${SMTP_SINK_PORT:-8025}
+RD_CONVERSAS_PORT=${RD_CONVERSAS_PORT:-8027}
+SMS_GATEWAY_PORT=${SMS_GATEWAY_PORT:-8026}
 
 # standalone starts its components as `airflow ...` subprocesses: the venv's bin must come first.
 export PATH=$VENV_BIN:$PATH
@@ -64,6 +66,8 @@ echo "run-local: applying airflow_settings.yaml"
 python -m crm.demo apply-settings --file "$ROOT/airflow_settings.yaml"
 
 SINK_PID=
+RD_PID=
+SMS_PID=
 AIRFLOW_PID=
 stop_all() {
     # standalone runs in its own process group: SIGTERM to the whole group stops every component
@@ -84,6 +88,16 @@ stop_all() {
         wait "$SINK_PID" 2>/dev/null || true
         SINK_PID=
     fi
+    if [[ -n $RD_PID ]]; then
+        kill "$RD_PID" 2>/dev/null || true
+        wait "$RD_PID" 2>/dev/null || true
+        RD_PID=
+    fi
+    if [[ -n $SMS_PID ]]; then
+        kill "$SMS_PID" 2>/dev/null || true
+        wait "$SMS_PID" 2>/dev/null || true
+        SMS_PID=
+    fi
 }
 trap stop_all EXIT
 trap 'exit 130' INT
@@ -96,11 +110,27 @@ else
     SINK_PID=$!
 fi
 
+if port_in_use "$SMS_GATEWAY_PORT"; then
+    echo "run-local: port $SMS_GATEWAY_PORT already in use; assuming an SMS gateway from an earlier run is still up" >&2
+else
+    python -m crm.demo sms-gateway --port "$SMS_GATEWAY_PORT" --dir "$ROOT/var/sms" &
+    SMS_PID=$!
+fi
+
+if port_in_use "$RD_CONVERSAS_PORT"; then
+    echo "run-local: port $RD_CONVERSAS_PORT already in use; assuming an RD Conversas sandbox is still up" >&2
+else
+    python -m crm.demo rd-conversas --port "$RD_CONVERSAS_PORT" --log "$ROOT/var/rd-conversas/requests.jsonl" &
+    RD_PID=$!
+fi
+
 PASSWORDS=$AIRFLOW_HOME/simple_auth_manager_passwords.json.generated
 cat <<EOF
 run-local: starting airflow standalone on http://localhost:$AIRFLOW_PORT
 run-local: log in as admin; the generated password is in $PASSWORDS
 run-local: mail sent by the routines lands in $ROOT/var/mail (one .eml per message)
+run-local: WhatsApp API calls land in $ROOT/var/rd-conversas/requests.jsonl (sandbox on port $RD_CONVERSAS_PORT)
+run-local: SMS land in $ROOT/var/sms (one .json per message, sandbox gateway on port $SMS_GATEWAY_PORT)
 EOF
 if [[ -f $PASSWORDS ]]; then
     echo "run-local: current password file: $(cat "$PASSWORDS")"

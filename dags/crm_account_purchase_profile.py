@@ -17,15 +17,14 @@ Connections: `crm_db`, `erp_db`, `smtp_default`. Source queries: `include/sql/er
 
 from __future__ import annotations
 
-import pendulum
 from airflow.sdk import Asset, Param, dag, get_current_context, task
 
-from crm.config import routine_settings, schedule_for
+from crm.config import PROFILE_ASSET_URI, routine_settings, schedule_for
 from crm.dag_helpers import common_params, default_args, start_date
 
 DAG_ID = "crm_account_purchase_profile"
 SETTINGS = routine_settings(DAG_ID)
-PROFILE_ASSET = Asset("crm://crm_db/crm_account_profile")
+PROFILE_ASSET = Asset(PROFILE_ASSET_URI)
 
 
 @dag(
@@ -127,27 +126,16 @@ def crm_account_purchase_profile():
         )
         return {"business_date": computed["business_date"], "summary": summary}
 
-    @task
-    def send_run_summary(loaded: dict) -> list[str]:
-        """E-mail the summary to the requester and clean the staging area of this run."""
-        from crm.dag_helpers import resolve_recipients, run_facts, staging_path
-        from crm.db import CRM_DB, engine_for
-        from crm.notify.summary import send_summary
+    @task(trigger_rule="all_done")
+    def send_run_report() -> dict:
+        """E-mail the run report to the requester (also when a step failed) and close the run's row."""
+        from crm.dag_helpers import send_report
 
         ctx = get_current_context()
-        facts = run_facts(ctx)
-        to = resolve_recipients(DAG_ID, ctx["params"]["notify_to"], facts["requested_by"], engine_for(CRM_DB))
-        summary = {
-            **loaded["summary"],
-            "duration_seconds": round((pendulum.now("UTC") - facts["started_at"]).total_seconds(), 1),
-        }
-        send_summary(to, DAG_ID, facts["run_id"], loaded["business_date"], "success", summary)
-        staged = staging_path(DAG_ID, facts["run_id"])
-        if staged.exists():
-            staged.rmdir(recursive=True)
-        return to
+        loaded = ctx["ti"].xcom_pull(task_ids="load_profiles") or {}
+        return send_report(ctx, DAG_ID, upstream=["compute_profiles", "load_profiles"], summary=loaded.get("summary"))
 
-    send_run_summary(load_profiles(compute_profiles()))
+    load_profiles(compute_profiles()) >> send_run_report()
 
 
 crm_account_purchase_profile()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,8 @@ VAR_DIR = Path(os.environ.get("CRM_VAR_DIR", ROOT / "var"))
 SQL_DIR = INCLUDE_DIR / "sql"
 TEMPLATES_DIR = INCLUDE_DIR / "templates"
 ROUTINES_FILE = INCLUDE_DIR / "config" / "routines.yaml"
+# Asset crm_account_purchase_profile produces (its load task's outlet) and crm_class_transition runs on.
+PROFILE_ASSET_URI = "crm://crm_db/crm_account_profile"
 
 DEFAULTS: dict[str, Any] = {
     "timezone": "America/Sao_Paulo",
@@ -55,11 +58,19 @@ def routine_settings(dag_id: str) -> dict[str, Any]:
     return merged
 
 
-def schedule_for(dag_id: str) -> Any:
-    """The routine's timetable: several crons allowed (the "automatic agenda"); none or disabled: manual only."""
-    from airflow.sdk import MultipleCronTriggerTimetable
+def schedule_for(dag_id: str, assets: Sequence[str] = ()) -> Any:
+    """The routine's timetable: several crons allowed (the "automatic agenda"); none or disabled: manual only.
+
+    `assets` (URIs): the routine also runs when any of them is updated (Airflow Assets), the crons
+    then being its fallback; `enabled: false` still means manual only.
+    """
+    from airflow.sdk import Asset, AssetOrTimeSchedule, MultipleCronTriggerTimetable
 
     s = routine_settings(dag_id)
-    if not s.get("enabled", True) or not s.get("schedules"):
+    if not s.get("enabled", True):
         return None
-    return MultipleCronTriggerTimetable(*s["schedules"], timezone=s["timezone"])
+    timetable = MultipleCronTriggerTimetable(*s["schedules"], timezone=s["timezone"]) if s.get("schedules") else None
+    if not assets:
+        return timetable
+    events = [Asset(uri) for uri in assets]
+    return events if timetable is None else AssetOrTimeSchedule(assets=events, timetable=timetable)

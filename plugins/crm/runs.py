@@ -97,3 +97,48 @@ def naive_utc(value: dt.datetime | None) -> dt.datetime | None:
     if value.tzinfo is not None:
         value = value.astimezone(dt.UTC).replace(tzinfo=None)
     return value
+
+
+def finish_run(
+    db: Engine,
+    *,
+    dag_id: str,
+    run_id: str,
+    business_date: dt.date,
+    status: str,
+    started_at: dt.datetime,
+    finished_at: dt.datetime,
+    requested_by: str | None = None,
+    notify_to: list[str] | None = None,
+    summary: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Close the run's row, keeping what earlier tasks recorded (scope, watermark, their summary keys).
+
+    Returns the merged summary. An error recorded earlier (by the failure callback) is kept.
+    """
+    with db.begin() as conn:
+        row = (
+            conn.execute(select(routine_run).where(routine_run.c.dag_id == dag_id, routine_run.c.run_id == run_id))
+            .mappings()
+            .first()
+        )
+        earlier = json.loads(row["summary"] or "{}") if row else {}
+        merged = {**earlier, **(summary or {})}
+        for key in ("error", "failed_task"):
+            if key in earlier:
+                merged[key] = earlier[key]
+        record_run(
+            conn,
+            dag_id=dag_id,
+            run_id=run_id,
+            business_date=business_date,
+            status="failed" if status == "failed" or (row and row["status"] == "failed") else status,
+            started_at=started_at,
+            finished_at=finished_at,
+            scope=row["scope"] if row else "all",
+            requested_by=requested_by,
+            notify_to=notify_to,
+            watermark=row["watermark"] if row else None,
+            summary=merged,
+        )
+    return merged

@@ -11,13 +11,22 @@ import pytest
 import sqlalchemy as sa
 
 from crm.db import engine_from_url, upsert
-from crm.db.crm_schema import account, account_class, account_profile, audience, audience_member, company, user
+from crm.db.crm_schema import (
+    account,
+    account_class,
+    account_profile,
+    audience,
+    audience_member,
+    company,
+    customer_type,
+    user,
+)
 from crm.db.crm_schema import metadata as crm_metadata
 from crm.jobs import purchase_profile as job
 from crm.routines.purchase_profile import PROFILE_FIELDS
 
 BD = dt.date(2026, 11, 22)
-COPIED = (company, user, account_class, account, audience, audience_member)
+COPIED = (company, user, account_class, customer_type, account, audience, audience_member)
 
 
 @pytest.fixture(scope="module")

@@ -97,33 +97,15 @@ def seeded(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def demo(seeded: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, smtp_sink, airflow_db) -> Path:
     """A private copy of the seeded demo, wired to the task through AIRFLOW_CONN_* variables."""
-    import shutil
+    from tests.dags.demo_env import wire_demo
 
-    var = tmp_path / "var"
-    shutil.copytree(seeded, var)
-    for conn_id, name in (("CRM_DB", "crm.db"), ("ERP_DB", "erp.db"), ("GP_DB", "gp.db")):
-        monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id}", json.dumps({"conn_type": "sqlite", "schema": str(var / name)}))
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_SMTP_DEFAULT",
-        json.dumps(
-            {
-                "conn_type": "smtp",
-                "host": smtp_sink.host,
-                "port": smtp_sink.port,
-                "extra": {"disable_tls": True, "disable_ssl": True, "from_email": "crm-batch@example.com"},
-            }
-        ),
-    )
-    monkeypatch.setenv("CRM_STAGING_URL", f"file://{tmp_path / 'staging'}")
-    from crm.db.engines import engine_from_url
-
-    engine_from_url.cache_clear()
-    return var
+    return wire_demo(monkeypatch, seeded, tmp_path, smtp_sink)
 
 
 def run_dag(dagbag, day: dt.date = BD, **conf):
     dag = dagbag.get_dag(DAG_ID)
     assert dag is not None, dagbag.import_errors
+    conf = {"audience": "", "full_refresh": False, "notify_to": ""} | conf  # dag.test() keeps the last run's conf
     return dag.test(logical_date=pendulum.datetime(day.year, day.month, day.day, 2, 30, tz=TZ), run_conf=conf)
 
 

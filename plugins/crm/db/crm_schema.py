@@ -87,6 +87,21 @@ account_class = Table(
     Column("description", Text),
 )
 
+customer_type = Table(
+    "crm_customer_type",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("code", String(20), nullable=False, unique=True),
+    Column("name", String(80), nullable=False),
+    Column(
+        "integrates_erp",
+        Boolean,
+        nullable=False,
+        server_default="0",
+        doc="accounts of this type are pushed to the ERP (crm_erp_account_sync): 'Tipo de Conta x Tipo de Cliente'",
+    ),
+)
+
 account = Table(
     "crm_account",
     metadata,
@@ -104,6 +119,13 @@ account = Table(
     Column("class_id", ForeignKey("crm_class.id")),
     Column("erp_customer_code", Integer, unique=True, doc="ERP customer code; null for leads not yet in the ERP"),
     Column("gp_beneficiary_code", String(30)),
+    Column("customer_type_id", ForeignKey("crm_customer_type.id")),
+    # What the account sends to the ERP (ids of the ERP's reference tables, checked by crm_erp_account_sync).
+    Column("erp_group_id", Integer, doc="ERP customer group"),
+    Column("erp_representative_id", Integer, doc="ERP sales representative"),
+    Column("erp_carrier_id", Integer, doc="ERP carrier"),
+    Column("erp_bearer_id", Integer, doc="ERP bearer (portador: bank or wallet that collects)"),
+    Column("erp_payment_condition_id", Integer, doc="ERP payment condition"),
     Column("erp_status", String(20), doc="status code from the ERP integration (crm_account_status)"),
     Column("gp_status", String(20), doc="status code from the health-plan system GP"),
     Column("status_label", String(60), doc="display label of the deciding status, in the account's locale"),
@@ -407,6 +429,8 @@ account_history = Table(
     Column("changed_at", DateTime, nullable=False),
 )
 Index("ix_crm_account_history_account_id", account_history.c.account_id)
+# "What did this routine change on that date?": re-runs of a date (class transition) and reports ask it.
+Index("ix_crm_account_history_routine_date", account_history.c.routine, account_history.c.business_date)
 
 notification = Table(
     "crm_notification",
@@ -420,12 +444,16 @@ notification = Table(
     Column("reason", String(120), doc="why skipped"),
     Column("account_id", ForeignKey("crm_account.id")),
     Column("company_id", ForeignKey("crm_company.id")),
-    Column("payload", Text, doc="JSON: what the send step needs to render the message"),
+    Column("business_date", Date, doc="the run's business date the row was planned for"),
+    Column("payload", Text, doc="JSON: the rendered message (or what the channel needs to build it)"),
     Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("retryable", Boolean, nullable=False, server_default="1", doc="false: a permanent failure"),
     Column("last_error", Text),
     Column("provider_message_id", String(250)),
-    Column("run_id", String(250), nullable=False),
+    Column("run_id", String(250), nullable=False, doc="the run that last planned or claimed the row"),
+    Column("claim_token", String(80), doc="which task attempt holds the row while it is 'sending'"),
     Column("claimed_at", DateTime),
+    Column("attempted_at", DateTime, doc="set, and committed, right before the message leaves: crash => unknown"),
     Column("sent_at", DateTime),
     *_timestamps(),
     UniqueConstraint("routine", "channel", "recipient", "business_key"),
@@ -434,6 +462,7 @@ notification = Table(
 )
 Index("ix_crm_notification_routine_state", notification.c.routine, notification.c.state)
 Index("ix_crm_notification_run_id", notification.c.run_id)
+Index("ix_crm_notification_company", notification.c.routine, notification.c.company_id, notification.c.business_date)
 
 routine_run = Table(
     "crm_routine_run",

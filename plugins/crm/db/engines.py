@@ -63,7 +63,12 @@ def engine_from_url(url: str) -> Engine:
         # pysqlite's own BEGIN handling breaks SAVEPOINT and defers BEGIN past the first SELECT;
         # SQLAlchemy's documented recipe: driver autocommit, and emit BEGIN ourselves.
         event.listen(engine, "connect", _sqlite_pragmas)
-        event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN"))
+        # execution_options(sqlite_begin="IMMEDIATE") takes the write lock up front (claims: read-then-write).
+        event.listen(
+            engine,
+            "begin",
+            lambda conn: conn.exec_driver_sql(f"BEGIN {conn.get_execution_options().get('sqlite_begin', '')}".strip()),
+        )
     return engine
 
 

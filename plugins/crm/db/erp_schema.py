@@ -20,6 +20,7 @@ from sqlalchemy import (
     Numeric,
     String,
     Table,
+    Text,
 )
 
 from crm.db.crm_schema import NAMING
@@ -71,9 +72,23 @@ customer = Table(
     Column("representative_id", ForeignKey("representative.id")),
     Column("carrier_id", ForeignKey("carrier.id")),
     Column("payment_condition_id", ForeignKey("payment_condition.id")),
+    Column("bearer_id", ForeignKey("bearer.id")),
+    # Written by crm_erp_account_sync (include/sql/erp/customer_upsert.sql); null for customers made in the ERP.
+    Column("phone1", String(30), doc="CRM phone of type TELEFONE_ERP1"),
+    Column("phone2", String(30), doc="CRM phone of type TELEFONE_ERP2"),
+    Column("fax1", String(30), doc="CRM phone of type FAX_ERP1"),
+    Column("fax2", String(30), doc="CRM phone of type FAX_ERP2"),
+    Column("address", String(260), doc="correspondence address: street, number, complement"),
+    Column("district", String(80)),
+    Column("city", String(80)),
+    Column("state", String(40)),
+    Column("postal_code", String(20)),
+    Column("country", String(2)),
+    Column("notes", Text, doc="CRM observations of type 'Integração', oldest first"),
     Column("created_at", DateTime, nullable=False),
     Column("updated_at", DateTime, nullable=False),
 )
+Index("ix_customer_short_name", customer.c.short_name)
 
 invoice = Table(
     "invoice",

@@ -184,17 +184,28 @@ def _driver_values(series: pd.Series, sqltype: Any, dialect_name: str) -> list[A
         if isinstance(sqltype, Date) and not isinstance(sqltype, DateTime):
             arr = series.to_numpy(dtype="datetime64[D]")
             if dialect_name == "sqlite":  # SQLAlchemy's SQLite Date storage: 'YYYY-MM-DD'
-                return _none_where_nat(np.datetime_as_string(arr, unit="D").astype(object), arr)
-            return _none_where_nat(arr.astype(object), arr)
+                return _by_distinct_value(arr, lambda u: np.datetime_as_string(u, unit="D").astype(object))
+            return _by_distinct_value(arr, lambda u: u.astype(object))
         arr = series.to_numpy(dtype="datetime64[us]")
         if dialect_name == "sqlite":  # SQLAlchemy's SQLite DateTime storage: 'YYYY-MM-DD HH:MM:SS.ffffff'
-            text = np.char.replace(np.datetime_as_string(arr, unit="us"), "T", " ")
-            return _none_where_nat(text.astype(object), arr)
-        return _none_where_nat(arr.astype(object), arr)
-    obj = series.astype(object)
+            return _by_distinct_value(
+                arr, lambda u: np.char.replace(np.datetime_as_string(u, unit="us"), "T", " ").astype(object)
+            )
+        return _by_distinct_value(arr, lambda u: u.astype(object))
+    if isinstance(series.dtype, np.dtype) and series.dtype.kind in "biuf":
+        arr = series.to_numpy()
+        if arr.dtype.kind == "f":
+            nan = np.isnan(arr)
+            if nan.any():
+                obj = arr.astype(object)
+                obj[nan] = None
+                return obj.tolist()
+        return arr.tolist()
+    obj = series.to_numpy(dtype=object)
     mask = series.isna().to_numpy()
     if mask.any():
-        obj = obj.where(~mask, None)
+        obj = obj.copy()
+        obj[mask] = None
     out = obj.tolist()
     if dialect_name == "sqlite" and isinstance(sqltype, Date | DateTime):
         process = sqltype.bind_processor(_sqlite_dialect())
@@ -203,12 +214,22 @@ def _driver_values(series: pd.Series, sqltype: Any, dialect_name: str) -> list[A
     return out
 
 
-def _none_where_nat(values: np.ndarray, arr: np.ndarray) -> list[Any]:
-    nat = np.isnat(arr)
+def _by_distinct_value(arr: np.ndarray, convert: Any) -> list[Any]:
+    """`convert` (array -> object array) applied once per distinct value, NaT as None.
+
+    A date column of a million rows holds a few thousand distinct days, a run timestamp one value:
+    converting those and indexing is far cheaper than formatting every row.
+    """
+    if not arr.size:
+        return []
+    if (arr == arr[0]).all():  # a run's constant timestamp (NaT == NaT is False, so all-NaT goes below)
+        return convert(arr[:1]).tolist() * arr.size
+    distinct, inverse = np.unique(arr, return_inverse=True)
+    values = convert(distinct)
+    nat = np.isnat(distinct)
     if nat.any():
-        values = values.copy()
         values[nat] = None
-    return values.tolist()
+    return values[inverse].tolist()
 
 
 def _sqlite_dialect() -> Any:

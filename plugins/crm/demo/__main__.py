@@ -42,6 +42,18 @@ def _smtp_sink(args: argparse.Namespace) -> int:
     return smtp_sink.main(args)
 
 
+def _rd_conversas(args: argparse.Namespace) -> int:
+    from crm.demo import rd_conversas
+
+    return rd_conversas.main(args)
+
+
+def _sms_gateway(args: argparse.Namespace) -> int:
+    from crm.demo import sms_gateway
+
+    return sms_gateway.main(args)
+
+
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """The CLI parser; only the chosen subcommand's module is imported to add its options."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -67,6 +79,20 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 
         smtp_sink.add_arguments(sink)
     sink.set_defaults(func=_smtp_sink)
+
+    rd = sub.add_parser("rd-conversas", help="run the sandbox RD Conversas (WhatsApp) API on loopback")
+    if argv[:1] == ["rd-conversas"]:
+        from crm.demo import rd_conversas
+
+        rd_conversas.add_arguments(rd)
+    rd.set_defaults(func=_rd_conversas)
+
+    sms = sub.add_parser("sms-gateway", help="run the sandbox SMS gateway (HTTP) that records every SMS")
+    if argv[:1] == ["sms-gateway"]:
+        from crm.demo import sms_gateway
+
+        sms_gateway.add_arguments(sms)
+    sms.set_defaults(func=_sms_gateway)
     return parser
 
 

@@ -170,6 +170,14 @@ JOB_FUNCTIONS = (
 )  # fmt: skip
 NO_MATCH_FUNCTIONS = ("Compras", "Vendas", "Director", "Logística", "TI")  # none matches 'Conta%' or '%Manage%'
 OBSERVATION_TYPES = ("Comercial", "Financeiro", "Cobrança", "Atendimento", "Logística", "Geral")
+INTEGRATION_OBSERVATION = "Integração"  # the one observation type sent to the ERP (id len(OBSERVATION_TYPES) + 1)
+INTEGRATION_NOTES = ("Cliente retira no CD de Cajamar.", "Emitir NF com pedido do cliente no campo de observação.",
+                     "Não aceitar entrega aos sábados.", "Faturar sempre pela matriz.")  # fmt: skip
+# (id, code, name, integrates with the ERP): TOTVS "Manutenção Tipo de Conta x Tipo de Cliente"
+CUSTOMER_TYPES = ((1, "REVENDA", "Revenda / atacado", 1), (2, "PF_FATURADO", "Pessoa física faturada", 1),
+                  (3, "CONSUMIDOR", "Consumidor final (só CRM)", 0), (4, "PROSPECT", "Prospect", 0),
+                  (5, "EXTERIOR", "Cliente no exterior (sem integração)", 0))  # fmt: skip
+ERP_PHONE_TYPES = ("TELEFONE_ERP1", "TELEFONE_ERP2", "FAX_ERP1", "FAX_ERP2")
 OBSERVATION_TEXTS = (
     "Cliente prefere contato pela manhã.", "Solicitou segunda via do boleto.", "Negociou prazo de 60 dias.",
     "Reclamação sobre atraso na entrega resolvida.", "Enviar catálogo atualizado.", "Não ligar aos sábados.",
@@ -858,7 +866,14 @@ def _crm_reference(db: _Database, pop: _Population) -> None:
         | {"id": [1, 2, 3, 4]},
     )
     db.insert("crm_job_function", {"id": range(1, len(JOB_FUNCTIONS) + 1), "name": JOB_FUNCTIONS})
-    db.insert("crm_observation_type", {"id": range(1, len(OBSERVATION_TYPES) + 1), "name": OBSERVATION_TYPES})
+    db.insert(
+        "crm_observation_type",
+        {"id": range(1, len(OBSERVATION_TYPES) + 2), "name": [*OBSERVATION_TYPES, INTEGRATION_OBSERVATION]},
+    )
+    db.insert(
+        "crm_customer_type",
+        {k: [t[i] for t in CUSTOMER_TYPES] for i, k in enumerate(("id", "code", "name", "integrates_erp"))},
+    )
     db.insert(
         "crm_audience",
         {
@@ -924,7 +939,8 @@ def _crm_reference(db: _Database, pop: _Population) -> None:
             "count_purchases": [1, 1],
             "transfer": [0, 1],
             "transfer_to_user_ids": [None, json.dumps(operators[:2])],
-            "notify_user_ids": [json.dumps(supervisors[:2]), json.dumps(supervisors[:1])],
+            # the first profile also notifies an operator, who gets only the accounts they own
+            "notify_user_ids": [json.dumps([*supervisors[:2], operators[2]]), json.dumps(supervisors[:1])],
             "email_template": ["account_inactivity", "account_inactivity_transfer"],
             "active": [1, 1],
         },
@@ -1018,10 +1034,49 @@ def _chunks(n: int, size: int = ACCOUNT_CHUNK) -> Iterator[tuple[int, int, int]]
         yield k, a, min(a + size, n)
 
 
+@dataclass
+class _ErpIntegration:
+    customer_type: np.ndarray  # crm_customer_type id per account
+    integrates: np.ndarray  # bool: the type integrates with the ERP
+    ids: dict[str, np.ndarray]  # crm_account.erp_*_id columns, 0 = not chosen
+
+
+def _erp_integration(pop: _Population) -> _ErpIntegration:
+    """What crm_erp_account_sync checks: customer types, the ERP choices, and the data errors it must report.
+
+    Brazilian companies resell (type REVENDA), a share of Brazilian persons are invoiced (PF_FATURADO),
+    the other persons are CRM-only consumers, leads are prospects, foreign accounts do not integrate.
+    Among integrating accounts a few lack a choice or name an id the ERP does not know; missing addresses and
+    ERP key clashes (duplicate short names) come from the rest of the data. Documents stay valid (the tests
+    plant wrong check digits themselves).
+    """
+    if "erp_integration" in pop.extra:
+        return pop.extra["erp_integration"]
+    rng = _rng(pop.seed, "crm_account", "erp_integration")
+    n = pop.n
+    br = pop.country == BR
+    invoiced = rng.random(n) < 0.25
+    ctype = np.select([pop.lead, ~br, pop.pj, invoiced], [4, 5, 1, 2], 3).astype(np.int64)
+    integrates = (ctype == 1) | (ctype == 2)
+    sizes = {"erp_group_id": len(GROUPS), "erp_representative_id": 16, "erp_carrier_id": len(CARRIERS),
+             "erp_bearer_id": len(BEARERS), "erp_payment_condition_id": len(PAYMENT_CONDITIONS)}  # fmt: skip
+    ids = {}
+    for col, size in sizes.items():
+        v = rng.integers(1, size + 1, n)
+        v[rng.random(n) < 0.03] = 0  # not chosen
+        v[rng.random(n) < 0.01] = 900 + size  # an id the ERP does not know
+        v[~integrates] = 0
+        ids[col] = v
+    out = _ErpIntegration(ctype, integrates, ids)
+    pop.extra["erp_integration"] = out
+    return out
+
+
 def _crm_accounts(db: _Database, pop: _Population) -> None:
     clock, bd = pop.clock, pop.bd
     rng = _rng(pop.seed, "crm_account", "timestamps")
     updated = np.minimum(pop.created + rng.integers(0, 900, pop.n), bd - 1)
+    erp = _erp_integration(pop)
     with db.table("crm_account") as t:
         for _, a, b in _chunks(pop.n):
             s = slice(a, b)
@@ -1033,7 +1088,6 @@ def _crm_accounts(db: _Database, pop: _Population) -> None:
                     "person_type": np.where(pop.pj[s], "PJ", "PF").astype(object),
                     "name": pop.name[s],
                     "short_name": pop.short_name[s],
-                    "tax_id": pop.tax_id[s],
                     "email": pop.email[s],
                     "birth_date": clock.date(np.where(pop.no_birth[s], bd, pop.birth[s]), pop.no_birth[s]),
                     "locale": pop.locale[s],
@@ -1041,6 +1095,9 @@ def _crm_accounts(db: _Database, pop: _Population) -> None:
                     "class_id": _nullable(pop.class_id[s], pop.class_id[s] == 0),
                     "erp_customer_code": _nullable(pop.erp_code[s], pop.erp_code[s] == 0),
                     "gp_beneficiary_code": pop.gp_code[s],
+                    "tax_id": pop.tax_id[s],
+                    "customer_type_id": erp.customer_type[s],
+                    **{col: _nullable(v[s], v[s] == 0) for col, v in erp.ids.items()},
                     "active": pop.active[s],
                     "opt_out_email": pop.opt_out[s, 0],
                     "opt_out_sms": pop.opt_out[s, 1],
@@ -1163,6 +1220,27 @@ def _crm_phones(db: _Database, pop: _Population, contacts: dict[str, np.ndarray]
                 "updated_at": clock.ts(days, _work_seconds(rng, n, 19, 20)),
             }
         )
+        next_id += n
+        # Phones typed for the ERP integration (only these types are sent), on accounts that integrate.
+        rng = _rng(pop.seed, "crm_phone", "erp")
+        integrating = np.flatnonzero(_erp_integration(pop).integrates)
+        for kind, share in zip(ERP_PHONE_TYPES, (0.8, 0.25, 0.15, 0.05), strict=True):
+            rows = integrating[rng.random(len(integrating)) < share]
+            n = len(rows)
+            days = np.minimum(pop.created[rows] + rng.integers(0, 30, n), bd - 1)
+            t.add(
+                {
+                    "id": next_id + np.arange(n),
+                    "account_id": rows + 1,
+                    "contact_id": [None] * n,
+                    "phone_type": np.full(n, kind, dtype=object),
+                    "number": _landlines(rng, pop.country[rows]),
+                    "is_primary": np.zeros(n, dtype=bool),
+                    "created_at": clock.ts(days, _work_seconds(rng, n)),
+                    "updated_at": clock.ts(days, _work_seconds(rng, n, 19, 20)),
+                }
+            )
+            next_id += n
 
 
 def _crm_addresses(db: _Database, pop: _Population) -> np.ndarray:
@@ -1250,6 +1328,26 @@ def _crm_observations(db: _Database, pop: _Population) -> None:
                 }
             )
             next_id += n
+        # Observations of type 'Integração' (the only ones sent to the ERP), one or two per account.
+        rng = _rng(pop.seed, "crm_observation", "erp")
+        integrating = np.flatnonzero(_erp_integration(pop).integrates)
+        rows = np.repeat(
+            integrating, np.where(rng.random(len(integrating)) < 0.3, rng.integers(1, 3, len(integrating)), 0)
+        )
+        n = len(rows)
+        days = np.minimum(np.maximum(pop.created[rows], bd - 900) + rng.integers(0, 900, n), bd - 1)
+        notes = np.array(INTEGRATION_NOTES, dtype=object)
+        t.add(
+            {
+                "id": next_id + np.arange(n),
+                "account_id": rows + 1,
+                "observation_type_id": np.full(n, len(OBSERVATION_TYPES) + 1),
+                "text": notes[rng.integers(0, len(notes), n)],
+                "created_by": _nullable(pop.owner[rows], pop.owner[rows] == 0),
+                "created_at": clock.ts(days, _work_seconds(rng, n)),
+                "updated_at": clock.ts(days, _work_seconds(rng, n, 19, 20)),
+            }
+        )
 
 
 def _crm_movement(db: _Database, pop: _Population) -> None:

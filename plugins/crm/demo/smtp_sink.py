@@ -125,6 +125,75 @@ class MailboxHandler:
         return "250 Message accepted for delivery"
 
 
+class FaultyMailboxHandler(MailboxHandler):
+    """The mailbox with faults on demand, for tests and for rehearsing incidents with `make run`.
+
+    - ``tempfail_every=n``: every n-th DATA is answered ``451`` (nothing stored), the others accepted;
+    - ``refuse``: these recipients get ``550`` at RCPT (the message still goes to the others);
+    - ``stall_at_rcpt`` / ``stall_at_data``: the n-th message (1-based, counting DATA/RCPT commands)
+      hangs until ``release()`` (or forever), to let a test kill the sender at that point; a message
+      stalled in DATA is not stored;
+    - ``on_store(count)``: called after each stored message (a test's hook to act at message k).
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        tempfail_every: int = 0,
+        refuse: set[str] | frozenset[str] = frozenset(),
+        stall_at_rcpt: int = 0,
+        stall_at_data: int = 0,
+    ) -> None:
+        super().__init__(directory)
+        self.tempfail_every = tempfail_every
+        self.refuse = {a.lower() for a in refuse}
+        self.stall_at_rcpt = stall_at_rcpt
+        self.stall_at_data = stall_at_data
+        self.data_commands = 0
+        self.mail_transactions = 0
+        self.stored = 0
+        self.tempfailed = 0
+        self.stalled = threading.Event()
+        self._release = threading.Event()
+
+    def release(self) -> None:
+        self._release.set()
+
+    async def _stall(self) -> None:
+        import asyncio
+
+        self.stalled.set()
+        while not self._release.is_set():
+            await asyncio.sleep(0.02)
+
+    async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list) -> str:
+        self.mail_transactions += 1
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 OK"
+
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list) -> str:
+        if self.stall_at_rcpt and self.mail_transactions == self.stall_at_rcpt and not envelope.rcpt_tos:
+            await self._stall()
+        if address.lower() in self.refuse:
+            return "550 5.1.1 mailbox unavailable"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        self.data_commands += 1
+        if self.stall_at_data and self.data_commands == self.stall_at_data:
+            await self._stall()
+            return "451 4.3.0 stalled message dropped"
+        if self.tempfail_every and self.data_commands % self.tempfail_every == 0:
+            self.tempfailed += 1
+            return "451 4.3.0 try again later"
+        self.store(envelope)
+        self.stored += 1
+        return "250 Message accepted for delivery"
+
+
 class _Controller(Controller):
     """aiosmtpd's threaded controller, able to listen on port 0 (the OS picks a free port, no race)."""
 
@@ -145,6 +214,9 @@ class MailSink:
         handler: MailboxHandler | None = None,
     ) -> None:
         _require_loopback(host)
+        import logging
+
+        logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd logs every command at INFO
         self.directory = Path(directory)
         self.host = host
         self.port = port
@@ -210,6 +282,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default=DEFAULT_HOST, help="loopback address to listen on (default %(default)s)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (default %(default)s)")
     parser.add_argument("--dir", default="var/mail", help="where to store the .eml files (default %(default)s)")
+    parser.add_argument("--tempfail-every", type=int, default=0, help="answer 451 to every N-th message (fault drill)")
+    parser.add_argument("--refuse", action="append", default=[], help="answer 550 to this recipient (repeatable)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -217,7 +291,10 @@ def main(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    with MailSink(args.dir, host=args.host, port=args.port) as sink:
+    handler = None
+    if args.tempfail_every or args.refuse:
+        handler = FaultyMailboxHandler(args.dir, tempfail_every=args.tempfail_every, refuse=set(args.refuse))
+    with MailSink(args.dir, host=args.host, port=args.port, handler=handler) as sink:
         print(f"SMTP sink listening on {sink.host}:{sink.port}, storing messages in {sink.directory}", flush=True)
         while not stop.wait(1.0):
             pass

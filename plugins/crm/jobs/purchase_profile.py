@@ -63,11 +63,16 @@ def accounts_in_scope(crm: Engine | Connection, audience_code: str | None) -> tu
         stmt = stmt.join(audience_member, audience_member.c.account_id == account.c.id).where(
             audience_member.c.audience_id == audience_id
         )
+    linked_stmt = stmt.where(account.c.erp_customer_code.is_not(None))
+    skipped_stmt = select(func.count()).select_from(stmt.where(account.c.erp_customer_code.is_(None)).subquery())
     with _connect(crm) as conn:
-        rows = pd.DataFrame(conn.execute(stmt).all(), columns=["account_id", "erp_customer_code"])
-    has_code = rows["erp_customer_code"].notna()
-    linked = rows[has_code].astype({"account_id": np.int64, "erp_customer_code": np.int64})
-    return linked.reset_index(drop=True), int((~has_code).sum())
+        skipped = conn.execute(skipped_stmt).scalar_one()
+        # Plain driver tuples straight into one int64 array: a DataFrame built from a million Row
+        # objects goes through pandas' per-object slow path (seconds per million rows).
+        rows = conn.execute(linked_stmt).cursor.fetchall()
+    arr = np.array(rows, dtype=np.int64).reshape(-1, 2)
+    linked = pd.DataFrame({"account_id": arr[:, 0], "erp_customer_code": arr[:, 1]})
+    return linked, int(skipped)
 
 
 def compute(
@@ -97,7 +102,7 @@ def compute(
             "erp/purchase_changes",
             {"since": previous.watermark, "window_start": previous.business_date, "business_date": business_date},
         )["customer_code"]
-        missing = _accounts_without_profile(crm, accounts)
+        missing = _accounts_without_profile(crm)
         wanted = accounts["erp_customer_code"].isin(changed) | accounts["account_id"].isin(missing)
         accounts = accounts[wanted].reset_index(drop=True)
         codes = accounts["erp_customer_code"].tolist()
@@ -150,7 +155,8 @@ def load(
 ) -> dict[str, Any]:
     """Upsert the profiles, refresh the others' day counts, record the run: one transaction, all or nothing."""
     t0 = time.perf_counter()
-    frame = result.profiles.copy()
+    # In key order: the upsert then walks the primary-key B-tree front to back (measured 2x faster).
+    frame = result.profiles.sort_values("account_id", kind="stable", ignore_index=True)
     frame["business_date"] = pd.Timestamp(business_date)
     frame["run_id"] = run_id
     frame["updated_at"] = pd.Timestamp(naive_utc(run_after))
@@ -224,10 +230,15 @@ def _mode(previous: Any, scope: str, business_date: dt.date, full_refresh: bool)
     return "incremental", f"changes since {previous.watermark} (run {previous.run_id})"
 
 
-def _accounts_without_profile(crm: Engine, accounts: pd.DataFrame) -> set[int]:
+def _accounts_without_profile(crm: Engine) -> np.ndarray:
+    """Ids of the accounts with an ERP code and no profile row (an anti-join in the CRM database)."""
+    stmt = select(account.c.id).where(
+        account.c.erp_customer_code.is_not(None),
+        ~select(account_profile.c.account_id).where(account_profile.c.account_id == account.c.id).exists(),
+    )
     with crm.connect() as conn:
-        have = {r[0] for r in conn.execute(select(account_profile.c.account_id))}
-    return set(accounts["account_id"].tolist()) - have
+        rows = conn.execute(stmt).cursor.fetchall()
+    return np.array(rows, dtype=np.int64).reshape(-1)
 
 
 def _connect(db: Engine | Connection) -> Any:

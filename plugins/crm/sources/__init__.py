@@ -23,6 +23,7 @@ import datetime as dt
 import decimal
 import functools
 import gc
+import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -59,6 +60,7 @@ class ParamSpec:
     type: str
     is_list: bool
     description: str
+    nullable: bool = False
 
 
 @dataclass(frozen=True)
@@ -75,8 +77,11 @@ class Query:
 
 
 @functools.cache
-def load_query(name: str, sql_dir: Path = SQL_DIR) -> Query:
-    """Parse include/sql/<name>.sql (e.g. 'erp/invoices') and its contract header."""
+def load_query(name: str, sql_dir: Path = SQL_DIR, *, statement: bool = False) -> Query:
+    """Parse include/sql/<name>.sql (e.g. 'erp/invoices') and its contract header.
+
+    `statement`: a write (see `execute`), whose contract is its parameters only.
+    """
     path = Path(sql_dir) / f"{name}.sql"
     if not path.is_file():
         raise ContractError(f"{path}: source query {name!r} not found")
@@ -96,7 +101,11 @@ def load_query(name: str, sql_dir: Path = SQL_DIR) -> Query:
                 raise ContractError(f"{path}:{lineno}: a column cannot be a list")
             columns.append(ColumnSpec(col, typ, bool(nullable), desc.strip()))
         else:
-            params.append(ParamSpec(col, typ, bool(is_list), desc.strip()))
+            params.append(ParamSpec(col, typ, bool(is_list), desc.strip(), bool(nullable)))
+    if statement:
+        if not params or columns or any(p.is_list for p in params):
+            raise ContractError(f"{path}: a write statement declares '-- @param name type' lines only, no lists")
+        return Query(name, path, sql, (), tuple(params))
     if not columns:
         raise ContractError(f"{path}: no '-- @column name type' lines: the contract is missing")
     return Query(name, path, sql, tuple(columns), tuple(params))
@@ -157,20 +166,15 @@ def _check_params(query: Query, params: Mapping[str, Any]) -> None:
 
 def _run(db: Engine | Connection, query: Query, params: Mapping[str, Any], chunk_rows: int) -> Iterator[pd.DataFrame]:
     if isinstance(db, Engine):
+        path = _arrow_readable(db, query)
+        if path is not None:
+            yield from _run_arrow(db, path, query, params, chunk_rows)
+            return
         with db.connect() as conn:
             yield from _run(conn, query, params, chunk_rows)
         return
-    stmt = text(query.sql)
-    for p in query.params:
-        if p.is_list:
-            stmt = stmt.bindparams(bindparam(p.name, expanding=True))
     # Compiled to the driver's own paramstyle so the DBAPI cursor can stream it with fetchmany.
-    params = {k: _driver_param(v, db.dialect.name) for k, v in params.items()}
-    compiled = stmt.bindparams(**params).compile(dialect=db.dialect, compile_kwargs={"render_postcompile": True})
-    if compiled.positiontup is not None:
-        driver_params: Any = tuple(compiled.params[k] for k in compiled.positiontup)
-    else:
-        driver_params = compiled.params
+    sql, driver_params = _compiled(db, query, params)
     raw = db.connection.dbapi_connection
     if db.dialect.name == "postgresql":
         cursor = raw.cursor(name=f"crm_src_{id(query)}")  # server-side: streamed, not fetched whole
@@ -178,7 +182,7 @@ def _run(db: Engine | Connection, query: Query, params: Mapping[str, Any], chunk
     else:
         cursor = raw.cursor()
     try:
-        cursor.execute(compiled.string, driver_params)
+        cursor.execute(sql, driver_params)
         with _gc_paused():
             rows = cursor.fetchmany(chunk_rows)  # a server-side cursor has no description before the first fetch
         positions = _positions(query, [d[0] for d in cursor.description])
@@ -192,6 +196,139 @@ def _run(db: Engine | Connection, query: Query, params: Mapping[str, Any], chunk
             yield frame
     finally:
         cursor.close()
+
+
+def _arrow_readable(db: Engine, query: Query) -> str | None:
+    """The SQLite file to read through Arrow (ADBC), or None to use the driver's cursor.
+
+    Only for an Engine (a Connection may hold uncommitted writes another connection cannot see), a
+    SQLite file, a query without list parameters, and unless CRM_SOURCES_ARROW=0.
+    """
+    if db.dialect.name != "sqlite" or os.environ.get("CRM_SOURCES_ARROW", "1") == "0":
+        return None
+    if any(p.is_list for p in query.params) or _adbc_sqlite() is None:
+        return None
+    database = db.url.database
+    if not database or database == ":memory:" or database.startswith("file:") or not Path(database).is_file():
+        return None
+    return database
+
+
+@functools.cache
+def _adbc_sqlite() -> Any:
+    try:
+        import adbc_driver_sqlite.dbapi as adbc_sqlite
+    except ImportError:  # optional: the cursor path below reads everything too, only slower
+        return None
+    return adbc_sqlite
+
+
+def _run_arrow(
+    db: Engine, path: str, query: Query, params: Mapping[str, Any], chunk_rows: int
+) -> Iterator[pd.DataFrame]:
+    """Read a SQLite file as Arrow record batches: no Python object per value, the same frames as `_run`.
+
+    The ADBC SQLite driver infers each column's type from the first batch. Anything that does not
+    go through before the first frame is yielded (a type it cannot infer, a value of another type,
+    a SQL error) makes the whole query run again on the driver's cursor, which raises the usual
+    errors; a type change in a later batch fails with a ContractError naming the file. Values are
+    checked per column as on the cursor path; one difference: SQLite hands a number found in a
+    `str` column after the first batch as its text.
+    """
+    sql, driver_params = _compiled(db, query, params)
+    conn = _adbc_sqlite().connect(Path(path).resolve().as_uri() + "?mode=ro")
+    yielded = False
+    cursor = None
+    try:
+        try:
+            cursor = conn.cursor()
+            cursor.adbc_statement.set_options(**{"adbc.sqlite.query.batch_rows": str(max(1, chunk_rows))})
+            cursor.execute(sql, driver_params or None)
+            reader = cursor.fetch_record_batch()
+            positions = _positions(query, reader.schema.names)
+        except Exception:
+            reader = None
+        while reader is not None:
+            try:
+                batch = reader.read_next_batch()
+            except StopIteration:
+                break
+            except Exception as exc:
+                if not yielded:
+                    reader = None
+                    break
+                raise ContractError(f"{query.path}: {exc}") from exc
+            if not batch.num_rows:
+                continue
+            try:
+                with _gc_paused():
+                    frame = _arrow_frame(query, batch, positions)
+            except ContractError:
+                if not yielded:
+                    reader = None
+                    break
+                raise
+            yielded = True
+            yield frame
+    finally:
+        if cursor is not None:
+            cursor.close()
+        conn.close()
+    if reader is None:  # nothing yielded yet: the cursor path gives the exact error (or the data)
+        with db.connect() as sa_conn:
+            yield from _run(sa_conn, query, params, chunk_rows)
+    elif not yielded:
+        yield _empty(query)
+
+
+def _arrow_frame(query: Query, batch: Any, positions: list[int]) -> pd.DataFrame:
+    return pd.DataFrame(
+        {c.name: _arrow_column(query, c, batch.column(pos)) for c, pos in zip(query.columns, positions, strict=True)}
+    )
+
+
+def _arrow_column(query: Query, col: ColumnSpec, arr: Any) -> Any:
+    """An Arrow column as `_convert` returns it: common cases without Python objects, the rest through `_convert`."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    typ = arr.type
+    no_nulls = arr.null_count == 0
+    if col.type == "int" and no_nulls and typ == pa.int64():
+        return arr.to_numpy()
+    if col.type == "float" and typ in (pa.float64(), pa.int64()):
+        return (
+            arr.to_numpy(zero_copy_only=False).astype(np.float64)
+            if no_nulls or col.nullable
+            else _convert(query, col, arr.to_pylist())
+        )
+    if col.type == "bool" and no_nulls and typ == pa.int64():
+        values = arr.to_numpy()
+        if ((values == 0) | (values == 1)).all():
+            return values.astype(bool)
+    if col.type == "str" and typ == pa.string() and (no_nulls or col.nullable):
+        return pd.Series(arr.to_numpy(zero_copy_only=False), dtype=object)
+    if col.type == "date" and typ == pa.string() and (no_nulls or col.nullable):
+        try:
+            days = pc.cast(arr, pa.date32())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            days = None
+        if days is not None and days.null_count == arr.null_count:
+            return days.to_numpy(zero_copy_only=False).astype("datetime64[D]").astype("datetime64[s]")
+    return _convert(query, col, arr.to_pylist())
+
+
+def _compiled(db: Connection | Engine, query: Query, params: Mapping[str, Any]) -> tuple[str, Any]:
+    """The query's SQL in the driver's own paramstyle, and its parameters as the driver takes them."""
+    stmt = text(query.sql)
+    for p in query.params:
+        if p.is_list:
+            stmt = stmt.bindparams(bindparam(p.name, expanding=True))
+    params = {k: _driver_param(v, db.dialect.name) for k, v in params.items()}
+    compiled = stmt.bindparams(**params).compile(dialect=db.dialect, compile_kwargs={"render_postcompile": True})
+    if compiled.positiontup is not None:
+        return compiled.string, tuple(compiled.params[k] for k in compiled.positiontup)
+    return compiled.string, compiled.params
 
 
 def _driver_param(value: Any, dialect_name: str) -> Any:
@@ -308,3 +445,50 @@ def _dates(values: Sequence[Any], has_null: bool) -> np.ndarray:
     except (TypeError, ValueError):
         arr = pd.to_datetime(pd.Series(data, dtype=object), format="ISO8601").to_numpy().astype("datetime64[D]")
     return arr.astype("datetime64[s]")
+
+
+_WRITE_TYPES: dict[str, tuple[type, ...]] = {
+    "int": (int,),
+    "float": (float, int),
+    "str": (str,),
+    "date": (dt.date,),
+    "datetime": (dt.datetime,),
+    "bool": (bool,),
+}
+
+
+def execute(conn: Connection, name: str, rows: Sequence[Mapping[str, Any]], *, sql_dir: Path = SQL_DIR) -> int:
+    """Run a write statement (include/sql/<name>.sql with an `@param` contract) once per row, in `conn`'s transaction.
+
+    The write side of the contracts: a deployment adapts the statement to its own tables, keeping the
+    parameter names and types. Every row must carry exactly the declared parameters, with values of the
+    declared type (null only where the type ends in `?`), or nothing is executed (`ContractError`).
+    """
+    query = load_query(name, sql_dir, statement=True)
+    declared = {p.name for p in query.params}
+    for i, row in enumerate(rows):
+        if set(row) != declared:
+            raise ContractError(
+                f"{query.path}: row {i}: parameters mismatch: missing {sorted(declared - set(row))}, "
+                f"not declared {sorted(set(row) - declared)}"
+            )
+        for p in query.params:
+            value = row[p.name]
+            if value is None:
+                if not p.nullable:
+                    raise ContractError(f"{query.path}: row {i}: parameter {p.name!r} ({p.type}) is null")
+                continue
+            ok = isinstance(value, _WRITE_TYPES[p.type]) and not (
+                p.type in ("int", "float") and isinstance(value, bool)
+            )
+            if p.type == "date" and isinstance(value, dt.datetime):
+                ok = False
+            if not ok:
+                raise ContractError(
+                    f"{query.path}: row {i}: parameter {p.name!r} ({p.type}) got {type(value).__name__} {value!r}"
+                )
+    if not rows:
+        return 0
+    driver_rows = [{k: _driver_param(v, conn.dialect.name) for k, v in row.items()} for row in rows]
+    conn.execute(text(query.sql), driver_rows)
+    return len(rows)

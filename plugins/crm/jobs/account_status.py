@@ -1,0 +1,212 @@
+"""Steps of crm_account_status (TOTVS CRM crm1003) over real databases: plan the changes, then apply them.
+
+Plain functions taking engines and values (no Airflow), so the DAG, the tests and the benchmark run
+the same code. `plan` reads every account (one query), the source's facts through the contract-checked
+SQL files (`erp/credit_months_inactive.sql` + `erp/purchases_since.sql`, or `gp/beneficiary_status.sql`),
+computes every status and label vectorised (crm.routines.account_status) and diffs them against the
+stored ones; `apply` writes only the changes, with their history rows, in one transaction
+(crm.jobs.account_changes). Re-running a date finds nothing to change.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import Engine, select
+
+from crm.db.crm_schema import account, company
+from crm.db.frames import select_frame
+from crm.jobs.account_changes import apply_changes, diff
+from crm.routines import account_status as rules
+from crm.routines.periods import months_before
+from crm.sources import read_frame
+
+log = logging.getLogger(__name__)
+
+DAG_ID = "crm_account_status"
+DEFAULT_MONTHS_INACTIVE = 12
+ACCOUNT_COLUMNS = [
+    "account_id",
+    "locale",
+    "company_locale",
+    "erp_customer_code",
+    "gp_beneficiary_code",
+    "erp_status",
+    "gp_status",
+    "status_label",
+]
+
+
+@dataclass
+class StatusPlan:
+    """What a run would change: `changes` (account_changes.CHANGE_COLUMNS) and one report row per changed account."""
+
+    source: str
+    business_date: dt.date
+    changes: pd.DataFrame
+    report: pd.DataFrame
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def read_accounts(crm: Engine) -> pd.DataFrame:
+    """Every CRM account with what the status needs, indexed by account id."""
+    stmt = (
+        select(
+            account.c.id,
+            account.c.locale,
+            company.c.locale,
+            account.c.erp_customer_code,
+            account.c.gp_beneficiary_code,
+            account.c.erp_status,
+            account.c.gp_status,
+            account.c.status_label,
+        )
+        .select_from(account.outerjoin(company, company.c.id == account.c.company_id))
+        .order_by(account.c.id)
+    )
+    frame = select_frame(crm, stmt, ACCOUNT_COLUMNS)
+    frame["erp_customer_code"] = frame["erp_customer_code"].astype("Int64")
+    return frame.set_index("account_id")
+
+
+def plan(
+    crm: Engine,
+    source_db: Engine,
+    business_date: dt.date,
+    *,
+    source: str = "erp",
+    default_months_inactive: int = DEFAULT_MONTHS_INACTIVE,
+    accounts: pd.DataFrame | None = None,
+) -> StatusPlan:
+    """Compute every account's status from `source` ('erp' or 'gp', read from `source_db`) and diff it."""
+    if source not in rules.SOURCES:
+        raise ValueError(f"source must be one of {', '.join(rules.SOURCES)}, not {source!r}")
+    started = time.perf_counter()
+    accounts = read_accounts(crm) if accounts is None else accounts
+    read_s = time.perf_counter() - started
+    status_field = rules.STATUS_FIELD[source]
+    if source == "erp":
+        codes = accounts["erp_customer_code"]
+        credit = read_frame(source_db, "erp/credit_months_inactive")
+        months = rules.months_inactive_of(codes, credit, default_months_inactive)
+        linked = codes.notna().to_numpy()
+        longest = int(months[linked].max()) if linked.any() else int(default_months_inactive)
+        since = months_before(business_date, longest)
+        purchases = read_frame(source_db, "erp/purchases_since", {"since": since, "business_date": business_date})
+        facts = rules.erp_statuses(codes, months, purchases, business_date)
+        facts_read = {"credit_info_rows": len(credit), "customers_with_purchases": len(purchases)}
+        facts_read["window_since"] = since.isoformat()
+    else:
+        gp = read_frame(source_db, "gp/beneficiary_status")
+        facts = rules.gp_statuses(accounts["gp_beneficiary_code"], gp, business_date)
+        facts_read = {"gp_beneficiaries": len(gp)}
+    locales = accounts["locale"].where(accounts["locale"].notna(), accounts["company_locale"])
+    wanted = pd.DataFrame(
+        {
+            status_field: facts["status"].to_numpy(dtype=object),
+            "status_label": rules.labels_of(facts["status"].to_numpy(), locales, source, rules.load_labels()),
+        },
+        index=accounts.index,
+    )
+    changes = diff(accounts, wanted, [status_field, "status_label"])
+    report = _report(accounts, wanted, facts, changes, status_field)
+    counts = pd.Series(wanted[status_field]).value_counts()
+    moved = report.groupby(["old_status", "new_status"], dropna=False).size() if len(report) else pd.Series()
+    summary: dict[str, Any] = {
+        "source": source,
+        "accounts": len(accounts),
+        **{f"status {code}": int(counts.get(code, 0)) for code in rules.CODES},
+        "accounts changed": len(report),
+        "status changes": int((changes["field"] == status_field).sum()),
+        "label-only changes": int((report["old_status"].fillna("") == report["new_status"]).sum())
+        if len(report)
+        else 0,
+        **{
+            f"change {_txt(old)} -> {new}": int(n)
+            for (old, new), n in sorted(moved.items(), key=lambda kv: (_txt(kv[0][0]), kv[0][1]))
+            if _txt(old) != new
+        },
+        **facts_read,
+        "compute_seconds": round(time.perf_counter() - started, 3),
+        "read_accounts_seconds": round(read_s, 3),
+    }
+    if source == "erp":
+        summary["default_months_inactive"] = int(default_months_inactive)
+    return StatusPlan(source=source, business_date=business_date, changes=changes, report=report, summary=summary)
+
+
+def apply(crm: Engine, status_plan: StatusPlan, *, run_id: str, changed_at: dt.datetime) -> dict[str, Any]:
+    """Write the planned changes and their history rows in one transaction; returns counts per field."""
+    started = time.perf_counter()
+    counts = apply_changes(
+        crm,
+        status_plan.changes,
+        routine=DAG_ID,
+        run_id=run_id,
+        business_date=status_plan.business_date,
+        changed_at=changed_at,
+    )
+    return {
+        **{f"written {k}": v for k, v in counts.items()},
+        "history rows": len(status_plan.changes),
+        "apply_seconds": round(time.perf_counter() - started, 3),
+    }
+
+
+REPORT_COLUMNS = {
+    "erp": [
+        "account_id",
+        "erp_customer_code",
+        "old_status",
+        "new_status",
+        "old_label",
+        "new_label",
+        "months_inactive",
+        "window_start",
+        "last_purchase_date",
+    ],
+    "gp": [
+        "account_id",
+        "gp_beneficiary_code",
+        "old_status",
+        "new_status",
+        "old_label",
+        "new_label",
+        "beneficiary_status",
+        "contract_status",
+    ],
+}
+
+
+def _report(
+    accounts: pd.DataFrame, wanted: pd.DataFrame, facts: pd.DataFrame, changes: pd.DataFrame, status_field: str
+) -> pd.DataFrame:
+    """One row per changed account: old and new status and label, and the facts that decided it."""
+    ids = pd.Index(pd.unique(changes["account_id"].to_numpy()), name="account_id")
+    ids = ids.sort_values()
+    source = "erp" if status_field == "erp_status" else "gp"
+    out = pd.DataFrame(
+        {
+            "account_id": ids.to_numpy(dtype=np.int64),
+            "erp_customer_code": accounts["erp_customer_code"].reindex(ids).array,
+            "gp_beneficiary_code": accounts["gp_beneficiary_code"].reindex(ids).to_numpy(dtype=object),
+            "old_status": accounts[status_field].reindex(ids).to_numpy(dtype=object),
+            "new_status": wanted[status_field].reindex(ids).to_numpy(dtype=object),
+            "old_label": accounts["status_label"].reindex(ids).to_numpy(dtype=object),
+            "new_label": wanted["status_label"].reindex(ids).to_numpy(dtype=object),
+        }
+    )
+    for col in ("months_inactive", "window_start", "last_purchase_date", "beneficiary_status", "contract_status"):
+        if col in facts:
+            out[col] = facts[col].reindex(ids).array
+    return out[REPORT_COLUMNS[source]]
+
+
+def _txt(value: Any) -> str:
+    return "(none)" if value is None or (isinstance(value, float) and np.isnan(value)) else str(value)

@@ -1,0 +1,198 @@
+"""The send step every notifying routine shares: settle leftovers, claim, send, record, repeat.
+
+Channel-neutral: a channel turns a claimed row's payload into a delivery and reports an Outcome,
+calling `point_of_no_return()` right before the irreversible step. The e-mail payload format is
+defined here (`email_payload`), so plan steps of every routine build it the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from sqlalchemy import Engine
+
+from crm.notify import ledger
+from crm.notify.email import (
+    Attachment,
+    HeaderInjection,
+    SmtpChannel,
+    address,
+    build_message,
+    build_wire,
+    message_headers,
+)
+
+log = logging.getLogger(__name__)
+
+
+class TransientFailures(RuntimeError):
+    """Some messages are still failing with transient errors: raising lets Airflow retry the send task."""
+
+
+@dataclass(frozen=True)
+class DispatchResult:
+    sent: int
+    failed: int
+    retryable: int
+    unknown: int
+    skipped: int
+    requeued_from_crash: int
+    unknown_from_crash: int
+    seconds: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+class Sender(Protocol):
+    def __call__(self, row: ledger.Claimed, point_of_no_return: Callable[[], None]) -> ledger.Outcome: ...
+
+
+def email_payload(
+    *,
+    sender: str,
+    sender_name: str | None,
+    to: Sequence[str],
+    subject: str,
+    text: str,
+    html: str | None,
+    message_id: str,
+    cc: Sequence[str] = (),
+    bcc: Sequence[str] = (),
+    reply_to: str | None = None,
+    test_recipient: str | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """The ledger payload of one e-mail; with `test_recipient`, it goes there only (originals in a header)."""
+    hdrs = dict(headers or {})
+    if test_recipient:
+        hdrs["X-CRM-Test-Original-To"] = ", ".join([*to, *cc, *bcc])
+        to, cc, bcc = [test_recipient], [], []
+    payload = {
+        "from": sender,
+        "from_name": sender_name,
+        "to": list(to),
+        "cc": list(cc),
+        "bcc": list(bcc),
+        "reply_to": reply_to,
+        "subject": subject,
+        "text": text,
+        "html": html,
+        "message_id": message_id,
+        "headers": hdrs,
+    }
+    # validate now: a bad header or address fails the row at plan time, not at send time
+    message_headers(**_header_args(payload))
+    return payload
+
+
+def _header_args(payload: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "sender": address(payload["from"], payload.get("from_name")),
+        "to": payload["to"],
+        "cc": payload.get("cc") or (),
+        "bcc": payload.get("bcc") or (),
+        "reply_to": payload.get("reply_to"),
+        "subject": payload["subject"],
+        "message_id": payload.get("message_id"),
+        "headers": payload.get("headers"),
+    }
+
+
+def message_from_payload(payload: Mapping[str, Any], attachments: Sequence[Attachment] = ()) -> tuple[Any, str, list]:
+    return build_message(
+        **_header_args(payload), text=payload["text"], html=payload.get("html"), attachments=attachments
+    )
+
+
+def wire_from_payload(payload: Mapping[str, Any]) -> tuple[bytes, str, list[str], str]:
+    """The bytes `message_from_payload` would send (no attachments), without building a Message."""
+    return build_wire(**_header_args(payload), text=payload["text"], html=payload.get("html"))
+
+
+def email_sender(
+    channel: SmtpChannel, attachments_for: Callable[[ledger.Claimed], Sequence[Attachment]] | None = None
+) -> Sender:
+    """A Sender that builds the MIME message from the payload (plus attachments) and sends it."""
+
+    def send(row: ledger.Claimed, point_of_no_return: Callable[[], None]) -> ledger.Outcome:
+        message_id = None
+        try:
+            files = attachments_for(row) if attachments_for else ()
+            if files:
+                msg, env_from, rcpts = message_from_payload(row.payload, files)
+            else:  # the common case: the same bytes, written directly (build_wire)
+                msg, env_from, rcpts, message_id = wire_from_payload(row.payload)
+        except (HeaderInjection, ValueError, KeyError) as exc:
+            return ledger.Outcome("failed", error=f"cannot build the message: {exc}")
+        return channel.send(msg, env_from, rcpts, point_of_no_return, message_id=message_id)
+
+    return send
+
+
+def dispatch(
+    crm: Engine,
+    routine: str,
+    send: Sender,
+    *,
+    run_id: str,
+    owner: str,
+    try_number: int,
+    batch: int = 200,
+    max_attempts: int = ledger.DEFAULT_MAX_ATTEMPTS,
+    raise_on_transient: bool = True,
+) -> DispatchResult:
+    """Send every sendable row this run planned; returns the counts of this attempt.
+
+    `owner` names the task (dag/run/task/map index); with `try_number` it makes the claim token,
+    so a retry recognises rows its own crashed predecessor left `sending`.
+    """
+    token = f"{owner}#{try_number}"
+    started = time.monotonic()
+    recovered = ledger.recover(crm, routine, run_id=run_id, owner=owner, token=token)
+    if recovered.unknown or recovered.requeued:
+        log.warning(
+            "a previous attempt stopped mid-batch: %d row(s) back to pending (never handed over), "
+            "%d row(s) now 'unknown' (possibly delivered; not resent)",
+            recovered.requeued,
+            recovered.unknown,
+        )
+    writer = ledger.OutcomeWriter(crm, token)
+    tally = {"sent": 0, "failed": 0, "retryable": 0, "unknown": 0, "skipped": 0}
+    last_log = started
+    try:
+        while True:
+            rows = ledger.claim(crm, routine, run_id=run_id, token=token, limit=batch, max_attempts=max_attempts)
+            if not rows:
+                break
+            for row in rows:
+                outcome = send(row, lambda row_id=row.id: writer.attempting(row_id))
+                writer.record(row.id, outcome)
+                key = "retryable" if outcome.state == "failed" and outcome.retryable else outcome.state
+                tally[key] += 1
+                if outcome.state != "sent":
+                    log.info("row %d (%s, %s): %s: %s", row.id, row.recipient, row.business_key, key, outcome.error)
+            now = time.monotonic()
+            if now - last_log > 10:
+                log.info("progress: %s, %.0f msg/s", tally, sum(tally.values()) / (now - started))
+                last_log = now
+    finally:
+        writer.close()
+        ledger.release(crm, token)
+    result = DispatchResult(
+        **tally,
+        requeued_from_crash=recovered.requeued,
+        unknown_from_crash=recovered.unknown,
+        seconds=round(time.monotonic() - started, 3),
+    )
+    log.info("dispatch finished: %s", result)
+    if raise_on_transient and result.retryable:
+        raise TransientFailures(
+            f"{result.retryable} message(s) still failing with transient errors (last error in the ledger); "
+            "a retry of this task sends only those"
+        )
+    return result

@@ -1,0 +1,170 @@
+"""The run report: every routine's last word, e-mailed to whoever asked and kept in crm_routine_run.
+
+Counts come from the ledger rows of this run (planned, sent, skipped by reason, failed, unknown),
+plus what the routine's own steps reported; the first few errors are quoted; every ledger row of
+the run is attached as CSV so the requester can answer "did Maria get hers?" without SQL.
+The report itself is not a ledger notification: a re-run of the report task sends it again.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import Engine
+
+from crm.notify import ledger
+from crm.notify.email import Attachment, SmtpChannel, build_message
+from crm.notify.templates import Templates, render
+from crm.runs import finish_run
+
+log = logging.getLogger(__name__)
+
+CSV_COLUMNS = (
+    "id",
+    "routine",
+    "channel",
+    "recipient",
+    "business_key",
+    "business_date",
+    "state",
+    "reason",
+    "attempts",
+    "last_error",
+    "provider_message_id",
+    "account_id",
+    "company_id",
+    "claimed_at",
+    "attempted_at",
+    "sent_at",
+)
+MAX_ERRORS = 5
+FALLBACK_SENDER = "crm-batch@localhost"
+
+
+def ledger_section(crm: Engine, routines: Sequence[str], run_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Counts and rows of this run in the ledger, over the routine's ledger names."""
+    states: dict[str, int] = {}
+    skipped: dict[str, int] = {}
+    rows: list[dict[str, Any]] = []
+    for routine in routines:
+        c = ledger.counts(crm, routine, run_id)
+        for k, v in c["states"].items():
+            states[k] = states.get(k, 0) + v
+        for k, v in c["skipped_by_reason"].items():
+            skipped[k] = skipped.get(k, 0) + v
+        rows += [dict(r) for r in ledger.rows_of_run(crm, routine, run_id, CSV_COLUMNS)]
+    counts = {
+        "planned": sum(states.values()),
+        "sent": states.get("sent", 0),
+        "skipped": states.get("skipped", 0),
+        "skipped_by_reason": skipped,
+        "failed": states.get("failed", 0),
+        "unknown": states.get("unknown", 0),
+        "pending": states.get("pending", 0) + states.get("sending", 0),
+    }
+    return counts, rows
+
+
+def ledger_csv(rows: Sequence[Mapping[str, Any]]) -> bytes:
+    return csv_bytes(rows, CSV_COLUMNS)
+
+
+def csv_bytes(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> bytes:
+    """Rows as a CSV attachment (UTF-8 with BOM: Excel then opens accented names right)."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(columns), extrasaction="ignore", lineterminator="\r\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in columns})
+    return out.getvalue().encode("utf-8-sig")
+
+
+def first_errors(rows: Sequence[Mapping[str, Any]], limit: int = MAX_ERRORS) -> list[str]:
+    errs = [
+        f"{r['state']}: {r['recipient'] or '-'} ({r['business_key']}): {r['last_error']}"
+        for r in rows
+        if r["state"] in ("failed", "unknown") and r.get("last_error")
+    ]
+    return errs[:limit]
+
+
+def run_report(
+    crm: Engine,
+    *,
+    dag_id: str,
+    run_id: str,
+    business_date: dt.date,
+    status: str,
+    started_at: dt.datetime,
+    finished_at: dt.datetime,
+    to: Sequence[str],
+    requested_by: str | None = None,
+    ledger_routines: Sequence[str] = (),
+    summary: Mapping[str, Any] | None = None,
+    samples: Sequence[Mapping[str, Any]] = (),
+    attachments: Sequence[Attachment] = (),
+    smtp_conn_id: str = "smtp_default",
+) -> dict[str, Any]:
+    """Write the run's final row and e-mail the report; returns the summary as stored.
+
+    `attachments`: the routine's own CSVs (changes made, violations found) next to the ledger's.
+    """
+    section: dict[str, Any] = {}
+    rows: list[dict[str, Any]] = []
+    if ledger_routines:
+        section, rows = ledger_section(crm, ledger_routines, run_id)
+    merged_in = dict(summary or {})
+    if ledger_routines:
+        merged_in["notifications"] = section
+        errors = first_errors(rows)
+        if errors:
+            merged_in["first_errors"] = errors
+    merged_in["duration_seconds"] = round((finished_at - started_at).total_seconds(), 1)
+    stored = finish_run(
+        crm,
+        dag_id=dag_id,
+        run_id=run_id,
+        business_date=business_date,
+        status=status,
+        started_at=started_at,
+        finished_at=finished_at,
+        requested_by=requested_by,
+        notify_to=list(to),
+        summary=merged_in,
+    )
+    final_status = "failed" if status == "failed" or "error" in stored else status
+    if not to:
+        log.warning("run report: no recipient (notify_to Param, requester's e-mail, routines.yaml notify_to)")
+        return stored
+    fields = {
+        "dag_id": dag_id,
+        "run_id": run_id,
+        "business_date": business_date.isoformat(),
+        "status": final_status,
+        "summary": {k: v for k, v in stored.items() if k not in ("notifications", "first_errors", "samples")},
+        "notifications": stored.get("notifications"),
+        "errors": [e for e in [stored.get("error")] if e] + list(stored.get("first_errors") or []),
+        "samples": list(samples),
+    }
+    templates = Templates("email")
+    subject = " ".join(render(templates.load("run_report", "subject", None)[0], fields).split())
+    text = render(templates.load("run_report", "txt", None)[0], fields)
+    html = render(templates.load("run_report", "html", None)[0], fields)
+    files = list(attachments)
+    if rows:
+        files.append(Attachment(f"{dag_id}-{business_date.isoformat()}-ledger.csv", ledger_csv(rows), "text/csv"))
+    with SmtpChannel(smtp_conn_id) as channel:
+        sender = channel.default_sender or FALLBACK_SENDER
+        msg, env_from, rcpts = build_message(
+            sender=sender, to=list(to), subject=subject, text=text, html=html, attachments=files
+        )
+        outcome = channel.send(msg, env_from, rcpts)
+    if outcome.state != "sent":
+        raise RuntimeError(f"the run report could not be e-mailed to {', '.join(to)}: {outcome.error}")
+    log.info("run report sent to %s: %s", ", ".join(to), subject)
+    return stored

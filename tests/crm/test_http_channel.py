@@ -1,0 +1,105 @@
+"""The HTTP channels' client against the loopback sandbox: retries, Retry-After, idempotency, outcomes."""
+
+from __future__ import annotations
+
+import json
+from email.utils import formatdate
+
+import pytest
+
+from crm.demo.http_sandbox import SandboxServer
+from crm.notify.http import HttpChannel, outcome_of, retry_after_seconds
+
+
+@pytest.fixture
+def api(monkeypatch):
+    counter = iter(range(1, 10_000))
+    routes = {
+        ("POST", "/v1/messages"): lambda req: (201, {"id": f"m{next(counter)}", "to": req.body["to"]}),
+        ("GET", "/v1/templates"): lambda req: (200, {"items": [], "page": req.query.get("page", ["1"])[0]}),
+    }
+    with SandboxServer(routes, stall=1.5) as server:
+        monkeypatch.setenv(
+            "AIRFLOW_CONN_TEST_API",
+            json.dumps(
+                {
+                    "conn_type": "http",
+                    "host": server.host,
+                    "port": server.port,
+                    "schema": "http",
+                    "password": "s3cret-token",
+                    "extra": {"crm": {"paths": {"send": "/v1/messages"}}, "X-Static": "yes"},
+                }
+            ),
+        )
+        yield server
+
+
+def channel(**kw) -> tuple[HttpChannel, list[float]]:
+    waits: list[float] = []
+    return HttpChannel("test_api", sleep=waits.append, backoff=0.25, timeout=0.5, **kw), waits
+
+
+def test_should_honour_retry_after_on_429_then_send_once(api):
+    api.inject("/v1/messages", (429, {"Retry-After": "3"}))
+    ch, waits = channel()
+    with ch:
+        result = ch.request("POST", ch.path("send", "/x"), json={"to": "+5511"}, idempotency_key="row-1")
+    assert result.ok and result.attempts == 2 and waits == [3.0]
+    assert len(api.deliveries("/v1/messages")) == 1
+    sent = api.requests("/v1/messages")
+    assert [r.headers["idempotency-key"] for r in sent] == ["row-1", "row-1"]
+    assert sent[0].headers["x-static"] == "yes" and "crm" not in sent[0].headers  # settings are not headers
+
+
+def test_should_retry_5xx_with_backoff_and_not_other_4xx(api):
+    api.inject("/v1/messages", 500, 503)
+    ch, waits = channel()
+    with ch:
+        ok = ch.request("POST", "/v1/messages", json={"to": "1"}, idempotency_key="a")
+        api.inject("/v1/messages", 400)
+        bad = ch.request("POST", "/v1/messages", json={"to": "2"}, idempotency_key="b")
+    assert ok.ok and ok.attempts == 3 and waits == [0.25, 0.5]
+    assert bad.status == 400 and bad.attempts == 1
+    assert outcome_of(bad).state == "failed" and not outcome_of(bad).retryable
+    assert len(api.deliveries("/v1/messages")) == 1
+
+
+def test_should_not_act_twice_when_an_answer_is_lost_and_the_request_retried(api):
+    api.inject("/v1/messages", "timeout")
+    ch, _ = channel()
+    with ch:
+        result = ch.request("POST", "/v1/messages", json={"to": "1"}, idempotency_key="k1")
+    assert result.ok and result.attempts == 2
+    assert len(api.requests("/v1/messages")) == 2 and len(api.deliveries("/v1/messages")) == 1
+
+
+def test_should_report_unknown_when_every_try_times_out(api):
+    api.inject("/v1/messages", "timeout", "timeout")
+    ch, _ = channel(tries=2)
+    with ch:
+        result = ch.request("POST", "/v1/messages", json={"to": "1"}, idempotency_key="k2")
+    assert result.status is None and result.timed_out
+    assert outcome_of(result).state == "unknown"
+
+
+def test_should_give_up_retryably_when_the_api_stays_down(api):
+    api.inject("/v1/messages", 502, 502, 502)
+    ch, waits = channel(tries=3)
+    with ch:
+        result = ch.request("POST", "/v1/messages", json={"to": "1"})
+    out = outcome_of(result)
+    assert result.status == 502 and out.state == "failed" and out.retryable and len(waits) == 2
+
+
+def test_should_expose_the_token_only_on_request(api):
+    ch, _ = channel()
+    with ch:
+        assert ch.secret == "s3cret-token"
+        assert ch.settings == {"paths": {"send": "/v1/messages"}}
+
+
+def test_should_read_retry_after_as_seconds_or_http_date():
+    assert retry_after_seconds("7") == 7.0
+    assert retry_after_seconds(formatdate(1_000_030, usegmt=True), now=1_000_000) == pytest.approx(30, abs=1)
+    assert retry_after_seconds("soon") is None and retry_after_seconds(None) is None

@@ -1,0 +1,168 @@
+"""Unit tests of the overdue-notice pieces: job-function patterns and PDF documents (no Airflow, no database)."""
+
+from __future__ import annotations
+
+import io
+
+import pypdf
+import pytest
+
+from crm.jobs.overdue import PatternError, function_matcher, parse_patterns
+from crm.notify import pdf as P
+
+FUNCTIONS = [
+    "Conta",
+    "Contabilidade",
+    "Contabilitate",
+    "Gerente de Contas",
+    "Manager",
+    "Management",
+    "Director",
+    "Księgowość",
+    "KSIĘGOWOŚĆ I FINANSE",
+    "Conta_Corrente",
+    "ContaXCorrente",
+    "x' OR 1=1 --",
+    None,
+]
+
+
+def matched(patterns: str) -> list[str | None]:
+    matches = function_matcher(parse_patterns(patterns))
+    return [f for f in FUNCTIONS if matches(f)]
+
+
+@pytest.mark.parametrize(
+    ("patterns", "want"),
+    [
+        ("Conta", ["Conta", "Contabilidade", "Contabilitate", "Conta_Corrente", "ContaXCorrente"]),
+        ("Contab", ["Contabilidade", "Contabilitate"]),
+        ("%Manage", ["Manager", "Management"]),
+        ("Manager", ["Manager"]),
+        ("manage", ["Manager", "Management"]),  # case-insensitive prefix
+        (
+            "Conta, %Manage",
+            ["Conta", "Contabilidade", "Contabilitate", "Manager", "Management", "Conta_Corrente", "ContaXCorrente"],
+        ),
+        ("%Contas", ["Gerente de Contas"]),
+        ("księgowość", ["Księgowość", "KSIĘGOWOŚĆ I FINANSE"]),  # Unicode case folding
+        ("Conta_", ["Conta_Corrente"]),  # '_' is literal, not LIKE's any-character
+        ("C%e", ["Contabilidade", "Contabilitate", "Conta_Corrente", "ContaXCorrente"]),
+        ("x' OR 1=1 --", ["x' OR 1=1 --"]),  # only the function literally called that
+        ("_", []),
+        (".*", []),  # not a regex either
+        ("Con(ta", []),
+    ],
+)
+def test_should_match_job_functions_by_prefix_with_percent_wildcards(patterns, want):
+    assert matched(patterns) == want
+
+
+@pytest.mark.parametrize("bad", ["", "  ", "%", "%%", " % ", "Conta, %", "Conta,,Manager", "Conta,", "x" * 81, "a\tb"])
+def test_should_refuse_empty_wildcard_only_or_oversized_patterns(bad):
+    with pytest.raises(PatternError):
+        parse_patterns(bad)
+
+
+def test_should_accept_patterns_as_a_list_and_trim_them():
+    assert parse_patterns([" Conta ", "%Manage"]) == ["Conta", "%Manage"]
+
+
+FIELDS = {
+    "company": {
+        "name": "Țărână Verde Distribuție S.R.L.",
+        "tax_id": "14399840",
+        "email": "office@example.ro",
+        "phone": "+40213100200",
+    },
+    "partner": {
+        "name": "Łódzka Hurtownia Spożywcza sp. z o.o.",
+        "tax_id": "7251801126",
+        "code": 1042,
+        "address": "ul. Piotrkowska 12\n90-001 Łódź",
+    },
+    "business_date": "22.11.2026",
+}
+
+
+def invoice(number: str, amount: float, locale: str, currency: str) -> dict:
+    return {
+        "number": number,
+        "invoice_number": "1-123",
+        "issue_date": "22.10.2026",
+        "due_date": "01.11.2026",
+        "days_overdue": 21,
+        "amount": P.money(amount, currency, locale),
+        "paid_amount": P.money(0, currency, locale),
+        "open_amount": P.money(amount, currency, locale),
+        "payment_method": "boleto",
+        "bearer": "Banca Transilvania",
+        "items": [],
+    }
+
+
+def text_of(content: bytes) -> str:
+    reader = pypdf.PdfReader(io.BytesIO(content))
+    return "\n".join(p.extract_text() for p in reader.pages).replace("\xa0", " ").replace("\u202f", " ")
+
+
+@pytest.mark.parametrize(
+    ("locale", "currency", "words"),
+    [
+        ("pt_BR", "BRL", ["Fatura", "Vencimento", "Conceição", "R$ 1.234,56"]),
+        ("pl_PL", "PLN", ["Faktura", "Termin płatności", "Łódź", "1 234,56 zł"]),
+        ("ro_RO", "RON", ["Factură", "Scadența", "Țărână", "1.234,56 RON"]),
+    ],
+)
+def test_should_render_invoices_that_parse_back_with_their_language(locale, currency, words):
+    fields = {**FIELDS, "partner": {**FIELDS["partner"], "name": "Padaria Conceição Ltda. / Łódź / Țărână"}}
+    for fmt in ("simple", "detailed"):
+        inv = invoice("12345/1", 1234.56, locale, currency)
+        content = P.render_pdf(P.load_layout(f"invoice_{fmt}", locale), {**fields, "invoice": inv, "items": []})
+        assert content.startswith(b"%PDF-")
+        text = text_of(content)
+        assert "12345/1" in text
+        for w in words:
+            assert w in text, (fmt, w, text)
+
+
+def test_should_break_pages_of_a_long_statement_and_repeat_the_header():
+    invoices = [invoice(f"N-{i:04d}", 10.0 + i, "pt_BR", "BRL") for i in range(120)]
+    layout = P.load_layout("statement", "pt_BR")
+    content = P.render_pdf(layout, {**FIELDS, "invoices": invoices, "total": "R$ 9.999,00"})
+    reader = pypdf.PdfReader(io.BytesIO(content))
+    assert len(reader.pages) >= 3
+    text = text_of(content)
+    assert all(f"N-{i:04d}" in text for i in range(120))
+    assert text.count(layout.labels["due_date"]) == len(reader.pages)
+    assert "R$ 9.999,00" in text
+
+
+def test_should_share_font_objects_only_between_documents_with_the_same_glyphs():
+    layout = P.load_layout("invoice_simple", "ro_RO")
+    inv = invoice("A-1", 5.0, "ro_RO", "RON")
+    first = P.render_pdf(layout, {**FIELDS, "invoice": inv})
+    cached = len(P._font_objects)
+    second = P.render_pdf(layout, {**FIELDS, "invoice": {**inv, "number": "A-2"}})
+    assert len(P._font_objects) == cached  # same repertoire: the font objects were reused
+    # a letter outside the repertoire takes fpdf2's own path, and still renders
+    odd = P.render_pdf(layout, {**FIELDS, "invoice": {**inv, "number": "Straße-Ő-3"}})
+    assert "Straße-Ő-3" in text_of(odd)
+    assert "A-1" in text_of(first) and "A-2" in text_of(second) and "A-2" not in text_of(first)
+
+
+def test_should_fail_the_message_not_the_process_on_a_missing_field():
+    from crm.notify.templates import RenderError
+
+    with pytest.raises(RenderError, match="missing field"):
+        P.render_pdf(P.load_layout("invoice_simple", "pt_BR"), {"company": {}, "partner": {}})
+
+
+def test_should_write_dates_and_money_as_the_reader_does():
+    import datetime as dt
+
+    day = dt.date(2026, 11, 2)
+    assert P.pdf_date(day, "pt_BR") == "02/11/2026"
+    assert P.pdf_date(day, "pl_PL") == "02.11.2026" == P.pdf_date("2026-11-02", "ro_RO")
+    assert P.currency_of("pt_BR") == "BRL" and P.currency_of("pl_PL") == "PLN" and P.currency_of("ro_RO") == "RON"
+    assert P.money(1234.5, "BRL", "pt_BR").replace("\xa0", " ") == "R$ 1.234,50"
