@@ -10,7 +10,7 @@ from typing import Any
 import pandas as pd
 from sqlalchemy import Connection, Engine, select
 
-from crm.db import upsert
+from crm.db import upsert, write_transaction
 from crm.db.crm_schema import routine_run
 
 
@@ -116,7 +116,7 @@ def finish_run(
 
     Returns the merged summary. An error recorded earlier (by the failure callback) is kept.
     """
-    with db.begin() as conn:
+    with write_transaction(db) as conn:
         row = (
             conn.execute(select(routine_run).where(routine_run.c.dag_id == dag_id, routine_run.c.run_id == run_id))
             .mappings()

@@ -114,3 +114,51 @@ def test_should_store_hostile_text_as_data(engine):
     frame["last_invoice_number"] = ["x'); DROP TABLE crm_account; --", "Ș ț ł ż ç ã"]
     upsert(engine, account_profile, frame, ["account_id"])
     assert [r[9] for r in table_rows(engine)] == ["x'); DROP TABLE crm_account; --", "Ș ț ł ż ç ã"]
+
+
+@pytest.mark.parametrize("via", ["upsert", "finish_run"])
+def test_should_queue_a_read_then_write_transaction_behind_another_sqlite_writer(tmp_path, via):
+    """Concurrent DAG runs on the embedded demo: a transaction that reads before it writes must wait for
+    the other writer (busy timeout), not fail at once with "database is locked" on a stale snapshot."""
+    import datetime as dt
+    import threading
+    import time
+
+    from crm.db.crm_schema import routine_run
+    from crm.runs import finish_run
+
+    eng = engine_from_url(f"sqlite:///{tmp_path}/busy.db")
+    metadata.create_all(eng)
+    with eng.begin() as conn:
+        conn.execute(company.insert(), [{"id": 1, "code": "C1", "name": "Acme"}])
+        rows = [{"id": i, "company_id": 1, "person_type": "PJ", "name": f"A{i}"} for i in (1, 2)]
+        conn.execute(account.insert(), rows)
+    outcome: dict = {}
+
+    def second_writer() -> None:
+        try:
+            if via == "upsert":
+                outcome["result"] = upsert(eng, account_profile, profiles(2), ["account_id"])
+            else:
+                outcome["result"] = finish_run(eng, dag_id="d", run_id="r", business_date=dt.date(2026, 11, 22),
+                                               status="success", started_at=dt.datetime(2026, 11, 22, 10),
+                                               finished_at=dt.datetime(2026, 11, 22, 11), summary={"k": 1})  # fmt: skip
+        except Exception as exc:  # the failure this test is about
+            outcome["error"] = exc
+
+    with eng.begin() as first:  # holds SQLite's write lock until the block ends
+        first.execute(account.update().where(account.c.id == 1).values(name="busy"))
+        thread = threading.Thread(target=second_writer)
+        thread.start()
+        time.sleep(0.5)
+        assert thread.is_alive(), f"the second writer did not wait: {outcome}"
+    thread.join(30)
+    assert "error" not in outcome, outcome
+    with eng.connect() as conn:
+        if via == "upsert":
+            assert outcome["result"].inserted == 2
+            assert conn.execute(sa.select(sa.func.count()).select_from(account_profile)).scalar() == 2
+        else:
+            status = conn.execute(sa.select(routine_run.c.status).where(routine_run.c.run_id == "r")).scalar()
+            assert status == "success"
+        assert conn.execute(sa.select(account.c.name).where(account.c.id == 1)).scalar() == "busy"

@@ -72,7 +72,7 @@ def upsert(
     if frame.empty:
         return UpsertResult(0, 0, 0)
 
-    with _transaction(target) as conn:
+    with write_transaction(target) as conn:
         dialect = conn.dialect
         if dialect.name not in ("sqlite", "postgresql"):
             raise NotImplementedError(f"upsert supports SQLite and PostgreSQL, not {dialect.name}")
@@ -99,16 +99,29 @@ def upsert(
 
 
 @contextmanager
-def _transaction(target: Engine | Connection) -> Iterator[Connection]:
+def write_transaction(target: Engine | Connection) -> Iterator[Connection]:
+    """The data layer's one way to open a transaction that writes.
+
+    On SQLite it begins IMMEDIATE: a deferred transaction that reads first and writes later fails at
+    once with "database is locked" when another process wrote in between (WAL cannot upgrade a stale
+    snapshot, and the busy timeout does not apply), which is what concurrent DAG runs on the embedded
+    demo do. Taking the write lock up front makes writers queue under the busy timeout instead.
+    Inside a caller's transaction it opens a savepoint. PostgreSQL is unaffected.
+    """
     if isinstance(target, Engine):
-        with target.begin() as conn:
+        with target.execution_options(sqlite_begin="IMMEDIATE").begin() as conn:
             yield conn
     elif target.in_transaction():
         with target.begin_nested():
             yield target
     else:
-        with target.begin():
-            yield target
+        previous = target.get_execution_options().get("sqlite_begin", "")
+        target.execution_options(sqlite_begin="IMMEDIATE")
+        try:
+            with target.begin():
+                yield target
+        finally:
+            target.execution_options(sqlite_begin=previous)
 
 
 def _validate(table: Table, frame: pd.DataFrame, columns: list[str], key_columns: list[str]) -> None:

@@ -18,7 +18,7 @@ import pandas as pd
 from sqlalchemy import Connection, Engine
 
 from crm.db.crm_schema import account, account_history
-from crm.db.upsert import _transaction
+from crm.db.upsert import write_transaction
 
 CHANGE_COLUMNS = ["account_id", "field", "old_value", "new_value"]
 WRITABLE = {"erp_status", "gp_status", "status_label", "class_id", "owner_id", "erp_customer_code"}
@@ -66,7 +66,7 @@ def apply_changes(
     the history rows in one executemany of plain tuples. Values are converted once per distinct
     value, not once per row.
     """
-    unknown = set(changes["field"]) - WRITABLE if len(changes) else set()
+    unknown = set(pd.unique(changes["field"])) - WRITABLE if len(changes) else set()  # not a Python loop over the rows
     if unknown:
         raise ValueError(f"not a field routines may change: {sorted(unknown)}")
     counts: dict[str, int] = {}
@@ -78,7 +78,7 @@ def apply_changes(
     ids = changes["account_id"].to_numpy(dtype=np.int64)
     fields = changes["field"].to_numpy(dtype=object)
     new_plain = _mapped(changes["new_value"].to_numpy(dtype=object), _plain)
-    with _transaction(target) as conn:
+    with write_transaction(target) as conn:
         p = "?" if conn.dialect.paramstyle == "qmark" else "%s"
         q = conn.dialect.identifier_preparer.quote
         when = _driver_value(stamp, conn.dialect.name)
@@ -91,11 +91,11 @@ def apply_changes(
         col_of = pd.Index(field_names).get_indexer(fields)
         matrix[row_of, col_of] = new_plain
         has[row_of, col_of] = True
-        combos, combo_of = np.unique(has, axis=0, return_inverse=True)
-        combo_of = combo_of.reshape(-1)
-        for k, combo in enumerate(combos):
-            cols = [i for i, on in enumerate(combo) if on]
-            members = np.flatnonzero(combo_of == k)
+        # The combination of fields each account changes, as a bit mask (field i -> bit i): one UPDATE per mask.
+        masks = has.astype(np.int64) @ (np.int64(1) << np.arange(len(field_names), dtype=np.int64))
+        for mask in np.unique(masks).tolist():
+            cols = [i for i in range(len(field_names)) if mask >> i & 1]
+            members = np.flatnonzero(masks == mask)
             sets = ", ".join(f"{q(field_names[i])} = {p}" for i in cols)
             sql = f"UPDATE {q(account.name)} SET {sets}, updated_at = {p} WHERE id = {p}"
             params = list(

@@ -27,6 +27,7 @@ from sqlalchemy import Connection, Engine, and_, or_, select, union
 
 from crm.dag_helpers import EMAIL_RE
 from crm.db.crm_schema import account, account_history, activity, inactivity_profile, opportunity, ticket, user
+from crm.db.upsert import write_transaction
 from crm.jobs.account_changes import apply_changes, diff
 from crm.notify import ledger
 from crm.notify.dispatch import email_payload
@@ -346,7 +347,7 @@ def apply(
     changed_at: dt.datetime,
 ) -> dict[str, Any]:
     """Owner changes, their history and the ledger rows: one transaction, all or nothing."""
-    with crm.begin() as conn:
+    with write_transaction(crm) as conn:
         counts = apply_changes(
             conn,
             result.changes,

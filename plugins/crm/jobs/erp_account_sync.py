@@ -28,6 +28,7 @@ from sqlalchemy import Connection, Engine, exists, func, or_, select, union_all
 
 from crm.db.crm_schema import account as A
 from crm.db.crm_schema import address, company, customer_type, observation, observation_type, phone
+from crm.db.upsert import write_transaction
 from crm.jobs.account_changes import apply_changes, diff
 from crm.routines import erp_integration as rules
 from crm.runs import last_successful_run, naive_utc, record_run
@@ -315,10 +316,10 @@ def apply_sync(
 ) -> dict[str, Any]:
     """ERP writes (one ERP transaction), then code write-back with history and the run's row (one CRM transaction)."""
     stamp = naive_utc(written_at)
-    with erp.begin() as conn:
+    with write_transaction(erp) as conn:
         written = execute(conn, "erp/customer_upsert", [{**r, "written_at": stamp} for r in plan.rows])
     summary = plan.summary()
-    with crm.begin() as conn:
+    with write_transaction(crm) as conn:
         counts = apply_changes(
             conn,
             plan.writebacks,

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import Connection, Date, Engine, Integer, cast, func, literal, select, update
 
-from crm.db import upsert
+from crm.db import upsert, write_transaction
 from crm.db.crm_schema import account, account_profile, audience, audience_member
 from crm.routines.purchase_profile import PROFILE_FIELDS, ProfileAccumulator
 from crm.runs import last_successful_run, naive_utc, record_run
@@ -160,7 +160,7 @@ def load(
     frame["business_date"] = pd.Timestamp(business_date)
     frame["run_id"] = run_id
     frame["updated_at"] = pd.Timestamp(naive_utc(run_after))
-    with crm.begin() as conn:
+    with write_transaction(crm) as conn:
         res = upsert(conn, account_profile, frame, ["account_id"], compare_columns=PROFILE_FIELDS)
         refreshed = refresh_days_since(conn, business_date, run_id, run_after, audience_code)
         summary = {

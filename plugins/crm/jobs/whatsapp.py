@@ -27,6 +27,7 @@ import pandas as pd
 from sqlalchemy import Engine, and_, exists, or_, select
 
 from crm.db.crm_schema import account, company, external_id, phone, whatsapp_config, whatsapp_template
+from crm.db.upsert import write_transaction
 from crm.notify import ledger
 from crm.notify.whatsapp import WhatsAppSettings, message_payload
 from crm.routines import whatsapp as rules
@@ -191,7 +192,7 @@ def store_contact(crm: Engine, system: str, account_id: int, contact_id: str, ph
         set_={"external_id": stmt.excluded.external_id, "phone_number": stmt.excluded.phone_number,
               "synced_at": stmt.excluded.synced_at},
     )  # fmt: skip
-    with crm.begin() as conn:
+    with write_transaction(crm) as conn:
         conn.execute(stmt)
 
 
@@ -293,7 +294,7 @@ def store_templates(crm: Engine, templates: Sequence[Mapping[str, Any]]) -> dict
                      "body": t.get("body"), "parameter_count": None if count is None else int(count),
                      "fetched_at": now})  # fmt: skip
     insert = postgresql.insert if crm.dialect.name == "postgresql" else sqlite.insert
-    with crm.begin() as conn:
+    with write_transaction(crm) as conn:
         before = set(conn.execute(select(whatsapp_template.c.name)).scalars())
         if rows:
             stmt = insert(whatsapp_template)
@@ -332,7 +333,7 @@ def replicate_config(
         stmt = stmt.where(whatsapp_config.c.message_type.in_(list(message_types)))
     insert = postgresql.insert if crm.dialect.name == "postgresql" else sqlite.insert
     now = ledger.utcnow()
-    with crm.begin() as conn:
+    with write_transaction(crm) as conn:
         source = [dict(r) for r in conn.execute(stmt.order_by(whatsapp_config.c.message_type)).mappings()]
         if not source:
             raise ValueError(f"company {source_company} has no configuration to replicate")

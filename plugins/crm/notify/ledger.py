@@ -28,7 +28,7 @@ from sqlalchemy import Connection, Engine, and_, bindparam, case, func, literal,
 from sqlalchemy.dialects import postgresql, sqlite
 
 from crm.db.crm_schema import notification as N
-from crm.db.upsert import _transaction as _begin  # one transaction helper for the data layer
+from crm.db.upsert import write_transaction
 
 PLANNABLE = ("pending", "failed", "skipped")  # not delivered: a re-plan may rewrite them
 FINAL = ("sent", "unknown")
@@ -126,7 +126,7 @@ def plan(
         },
         where=or_(*(N.c.state == literal_column(f"'{s}'") for s in PLANNABLE)),  # no IN: executemany
     )
-    with _begin(target) as conn:
+    with write_transaction(target) as conn:
         for start in range(0, len(rows), chunk):
             conn.execute(stmt, rows[start : start + chunk])
         mine = dict(
@@ -183,7 +183,7 @@ def recover(
             N.c.claimed_at < utcnow() - stale_after,
         ),
     )
-    with _begin(target) as conn:
+    with write_transaction(target) as conn:
         unknown = conn.execute(
             update(N)
             .where(mine_before, N.c.attempted_at.is_not(None))
@@ -220,9 +220,7 @@ def claim(
         or_(N.c.claim_token.is_(None), N.c.claim_token != token),  # one try per row and task attempt
     )
     ids = select(N.c.id).where(sendable).order_by(N.c.id).limit(limit).with_for_update(skip_locked=True)
-    if isinstance(target, Engine) and target.dialect.name == "sqlite":
-        target = target.execution_options(sqlite_begin="IMMEDIATE")  # writers queue here, no stale read
-    with _begin(target) as conn:
+    with write_transaction(target) as conn:
         # two statements, not UPDATE ... WHERE id IN (SELECT ... LIMIT n FOR UPDATE SKIP LOCKED): PostgreSQL
         # may evaluate such a subquery more than once and take more than `limit` rows
         chosen = list(conn.execute(ids).scalars())
@@ -383,7 +381,7 @@ class OutcomeWriter:
 
 def release(target: Engine | Connection, token: str) -> int:
     """Give back rows claimed under `token` but never attempted (e.g. the batch was cut short)."""
-    with _begin(target) as conn:
+    with write_transaction(target) as conn:
         return conn.execute(
             update(N)
             .where(N.c.claim_token == token, N.c.state == "sending", N.c.attempted_at.is_(None))
