@@ -120,7 +120,8 @@ fi
 if port_in_use "$RD_CONVERSAS_PORT"; then
     echo "run-local: port $RD_CONVERSAS_PORT already in use; assuming an RD Conversas sandbox is still up" >&2
 else
-    python -m crm.demo rd-conversas --port "$RD_CONVERSAS_PORT" --log "$ROOT/var/rd-conversas/requests.jsonl" &
+    python -m crm.demo rd-conversas --port "$RD_CONVERSAS_PORT" --log "$ROOT/var/rd-conversas/requests.jsonl" \
+        --contacts-from "$ROOT/var/crm.db" &
     RD_PID=$!
 fi
 

@@ -80,7 +80,10 @@ def crm_whatsapp_contact_sync():
             record_run(crm, dag_id=DAG_ID, run_id=facts["run_id"], business_date=bdate, status="running",
                        started_at=facts["started_at"], requested_by=facts["requested_by"], watermark=watermark,
                        summary=summary)  # fmt: skip
-        return {"summary": {**summary, "dry_run": params["dry_run"]}, "samples": plan.samples}
+        return {
+            "summary": {**summary, "dry_run": params["dry_run"]},
+            "samples": plan.samples if params["dry_run"] else [],
+        }
 
     @task
     def send_contacts(planned: dict) -> dict:

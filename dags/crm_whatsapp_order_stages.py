@@ -94,7 +94,11 @@ def crm_whatsapp_order_stages():
                 record_run(crm, dag_id=DAG_ID, run_id=facts["run_id"], business_date=bdate, status="running",
                            started_at=facts["started_at"], requested_by=facts["requested_by"],
                            watermark=watermark, summary=summary)  # fmt: skip
-        return {"summary": {**summary, "dry_run": params["dry_run"]}, "samples": plan.samples, "routine": routine}
+        return {
+            "summary": {**summary, "dry_run": params["dry_run"]},
+            "samples": plan.samples if params["dry_run"] else [],
+            "routine": routine,
+        }
 
     @task
     def send_notices(planned: dict) -> dict:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pendulum
 import pytest
 
-from crm.demo.rd_conversas import RdConversasSandbox
+from crm.demo.rd_conversas import RdConversasSandbox, known_contacts
 from tests.dags.demo_env import wire_demo
 
 TZ = "America/Sao_Paulo"
@@ -67,11 +67,7 @@ def token_log():
 def wire(monkeypatch, seeded: Path, tmp_path: Path, sink, api: RdConversasSandbox) -> Path:
     var = wire_demo(monkeypatch, seeded, tmp_path, sink)
     monkeypatch.setenv("AIRFLOW_CONN_RD_CONVERSAS", json.dumps(api.connection(**SETTINGS)))
-    with sqlite3.connect(var / "crm.db") as conn:  # the contacts the demo CRM already sent exist in the API
-        for account_id, cid, number in conn.execute(
-            "SELECT account_id, external_id, phone_number FROM crm_external_id"
-        ):
-            api.contacts[cid] = {"id": cid, "name": "seeded", "phone": number, "reference": f"account:{account_id}"}
+    api.contacts.update(known_contacts(var / "crm.db"))  # the contacts the demo CRM already sent exist in the API
     return var
 
 
@@ -175,6 +171,18 @@ def test_should_send_each_contact_once_store_ids_and_update_changed_numbers(dagb
     assert run_dag(dagbag, "crm_whatsapp_contact_sync", at(10, 30), mode="batch").state == "success"
     again = api.server.requests()[before:]
     assert [r.body["phone"] for r in again] == [to_create[absent_account]]
+
+
+def test_should_send_nothing_in_a_dry_run_and_show_sample_contacts_in_the_report(dagbag, demo, api, smtp_sink):
+    mobiles = dict(query(demo, PRIMARY_MOBILE))
+    run = run_dag(dagbag, "crm_whatsapp_contact_sync", at(10), mode="batch", dry_run=True, notify_to="ops@example.com")
+    assert run.state == "success"
+    assert api.server.requests() == [] and ledger(demo, "crm_whatsapp_contact_sync") == {}
+    (report,) = [m for m in smtp_sink.messages() if m["X-Envelope-To"] == "ops@example.com"]
+    text = next(part for part in report.walk() if part.get_content_type() == "text/plain").get_content()
+    shown = [line.removeprefix("To: ") for line in text.splitlines() if line.startswith("To: ")]
+    assert shown and set(shown) <= set(mobiles.values())
+    assert "contact_create: account:" in text
 
 
 # --------------------------------------------------------------------------------------------------

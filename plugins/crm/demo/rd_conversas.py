@@ -210,6 +210,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--blocked", action="append", default=[], metavar="PHONE",
                         help="answer 'blocked' for this number (repeatable)")  # fmt: skip
     parser.add_argument("--log", type=Path, default=None, help="append every request as a JSON line to this file")
+    parser.add_argument("--contacts-from", type=Path, default=None, metavar="CRM_DB",
+                        help="start knowing the contacts this CRM SQLite file already holds ids for (crm_external_id), "
+                             "as a real account would")  # fmt: skip
+
+
+def known_contacts(crm_db: Path) -> dict[str, dict[str, Any]]:
+    """The contacts a demo CRM already synced: without them the sandbox answers 404 to their updates."""
+    import sqlite3
+
+    if not crm_db.is_file():
+        return {}
+    with sqlite3.connect(crm_db) as conn:
+        rows = conn.execute(
+            "SELECT account_id, external_id, phone_number FROM crm_external_id WHERE system = 'rd_conversas'"
+        ).fetchall()
+    return {
+        cid: {"id": cid, "name": "seeded", "phone": phone, "reference": f"account:{acc}"} for acc, cid, phone in rows
+    }
 
 
 def main(args: argparse.Namespace) -> int:
@@ -226,6 +244,8 @@ def main(args: argparse.Namespace) -> int:
         port=args.port,
         log_file=args.log,
     )
+    if args.contacts_from:
+        sandbox.contacts.update(known_contacts(args.contacts_from))
     with sandbox:
         print(f"rd-conversas sandbox on {sandbox.url} (requests: {args.log or 'not logged'})", flush=True)
         try:

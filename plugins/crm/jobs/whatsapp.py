@@ -422,8 +422,15 @@ def plan_contacts(
             counts["up_to_date"] += 1
     summary = {"mode": "incremental" if since is not None else "batch", "since": since, "candidates": len(ids),
                **counts}  # fmt: skip
-    samples = [dict(it.payload or {}) for it in items if it.payload][:SAMPLES]
+    samples = [_contact_sample(it) for it in items if it.payload][:SAMPLES]
     return Plan(items=items, summary=summary, samples=samples)
+
+
+def _contact_sample(item: ledger.Planned) -> dict[str, Any]:
+    """A planned contact call in the run report's sample shape (to, subject, text)."""
+    p = item.payload or {}
+    target = p.get("contact_id") or p.get("reference")
+    return {"to": p.get("phone"), "subject": f"{p.get('kind')}: {target}", "text": f"name: {p.get('name')}"}
 
 
 def _update_key(r: Recipient) -> str:
