@@ -18,7 +18,7 @@ PYTEST_ARGS ?=
 export PYTHONPATH := $(CURDIR)/plugins
 export CRM_HOME := $(CURDIR)
 
-.PHONY: help venv run seed test bench bench-overdue lint format clean distclean
+.PHONY: help venv run seed test bench bench-overdue bench-accounts lint format clean distclean
 
 help:
 	@echo "make run      seed the demo DBs if needed, apply airflow_settings.yaml, start the SMTP sink and airflow standalone on :8080"
@@ -27,6 +27,7 @@ help:
 	@echo "make bench    bench/purchase_profile.py (BENCH_ARGS=...)"
 	@echo "make bench-email  bench/email_fanout.py: 10,000 birthday e-mails to a loopback sink, package vs stock SmtpHook (BENCH_ARGS=...)"
 	@echo "make bench-overdue  bench/overdue_notices.py: PDFs/s and the whole dunning run to a loopback sink (BENCH_ARGS=...)"
+	@echo "make bench-accounts  bench/account_maintenance.py: account status + class transition vs naive per-account loops (BENCH_ARGS=...)"
 	@echo "make lint     ruff check + ruff format --check   (make format fixes)"
 	@echo "make venv     create/update .venv only"
 	@echo "make clean    remove var/ (demo DBs, Airflow home, mail, bench data) and caches; make distclean also removes .venv"
@@ -57,6 +58,9 @@ bench-email: $(STAMP)
 
 bench-overdue: $(STAMP)
 	$(BIN)/python bench/overdue_notices.py $(BENCH_ARGS)
+
+bench-accounts: $(STAMP)
+	$(BIN)/python bench/account_maintenance.py $(BENCH_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
