@@ -103,3 +103,18 @@ def test_should_read_retry_after_as_seconds_or_http_date():
     assert retry_after_seconds("7") == 7.0
     assert retry_after_seconds(formatdate(1_000_030, usegmt=True), now=1_000_000) == pytest.approx(30, abs=1)
     assert retry_after_seconds("soon") is None and retry_after_seconds(None) is None
+
+
+def test_should_answer_keep_alive_requests_without_waiting_for_delayed_acks(api):
+    """The sandbox serves `make run` and every test: 100 requests on one keep-alive session took ~4 s
+    (Nagle + the client's delayed ACK, ~40 ms each) before the handler disabled Nagle."""
+    import time
+
+    import requests
+
+    with requests.Session() as session:
+        started = time.perf_counter()
+        for i in range(100):
+            assert session.post(f"{api.url}/v1/messages", json={"to": f"+55119{i:08d}"}).status_code == 201
+        elapsed = time.perf_counter() - started
+    assert elapsed < 1.5, f"100 keep-alive requests took {elapsed:.2f} s"
