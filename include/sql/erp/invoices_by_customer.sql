@@ -7,6 +7,12 @@
 -- @column cancelled      bool   cancelled invoices do not count as purchases
 -- @param  business_date  date   invoices issued after the run's business date are ignored (backfills)
 -- @param  customer_codes int[]  the customers to read (bound as IN (...), in batches)
+--
+-- COALESCE(issue_date, issue_date) is issue_date (the column is not null) in a form no index can serve,
+-- so the planner picks between the customer_code index and a table scan. Given a plain issue_date and a
+-- batch of thousands of customers, SQLite walks the issue_date index over nearly the whole table instead
+-- (1.6x slower than a scan at 5,000 of 20,000 customers). Portable on purpose: SQLite's `+issue_date`
+-- fails on PostgreSQL, and CAST(issue_date AS DATE) is a NUMERIC cast in SQLite (2026, not a date).
 SELECT id AS invoice_id,
        customer_code,
        issue_date,
@@ -15,4 +21,4 @@ SELECT id AS invoice_id,
        cancelled
 FROM invoice
 WHERE customer_code IN :customer_codes
-  AND +issue_date <= :business_date  -- `+`: look customers up by customer_code, never scan by date
+  AND COALESCE(issue_date, issue_date) <= :business_date

@@ -29,5 +29,5 @@ LEFT JOIN invoice i ON i.id = r.invoice_id
 LEFT JOIN bearer b ON b.id = r.bearer_id
 WHERE r.id IN :receivable_ids
   AND r.status IN ('open', 'in_progress')
-  AND r.paid = 0
+  AND NOT r.paid
 ORDER BY r.due_date, r.id

@@ -27,6 +27,6 @@ FROM receivable r
 LEFT JOIN invoice i ON i.id = r.invoice_id
 LEFT JOIN bearer b ON b.id = r.bearer_id
 WHERE r.status IN ('open', 'in_progress')
-  AND r.paid = 0
+  AND NOT r.paid
   AND r.due_date <= :due_on_or_before
 ORDER BY r.customer_code, r.due_date, r.id

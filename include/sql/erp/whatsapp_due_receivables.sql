@@ -35,5 +35,5 @@ FROM receivable r
 WHERE r.due_date = :due_date
   AND r.company_code IN :company_codes
   AND r.status IN ('open', 'in_progress')
-  AND r.paid = 0
+  AND NOT r.paid
 ORDER BY r.company_code, r.customer_code, r.id
