@@ -185,3 +185,47 @@ def test_should_never_give_one_row_to_two_claiming_processes_on_sqlite(tmp_path)
     assert all(p.returncode == 0 for p in procs)
     assert not outs[0] & outs[1]
     assert len(outs[0]) + len(outs[1]) == 300
+
+
+def test_should_give_a_new_run_a_fresh_attempt_budget_for_a_replanned_row(crm):
+    ledger.plan(crm, R, "email", items(2), run_id="run1", business_date=BD)
+    for attempt in range(1, ledger.DEFAULT_MAX_ATTEMPTS + 1):  # k1 defers every try of run 1
+        send_all(crm, "run1", f"o#{attempt}", fail={"k1"})
+    assert send_all(crm, "run1", "o#99") == []  # the budget of run 1 is used up
+    # a new run (a re-run of the date, a backfill) plans k1 again: it must be sendable, not pending forever
+    ledger.plan(crm, R, "email", items(2), run_id="run2", business_date=BD)
+    assert send_all(crm, "run2", "p#1") == ["k1"]
+    assert states(crm) == {"k0": "sent", "k1": "sent"}
+    with crm.connect() as conn:
+        assert conn.execute(sa.select(N.c.attempts).where(N.c.business_key == "k1")).scalar() == 1
+
+
+def test_should_adopt_rows_a_long_dead_run_left_sending_so_they_are_sent_and_reported(crm):
+    ledger.plan(crm, R, "email", items(3), run_id="run1", business_date=BD)
+    rows = ledger.claim(crm, R, run_id="run1", token="dag/run1/send#1", limit=3)
+    writer = ledger.OutcomeWriter(crm, "dag/run1/send#1")
+    writer.attempting(rows[0].id)  # run 1 dies handing k0 over; k1, k2 never left; nobody retries run 1
+    writer.close()
+    with crm.begin() as conn:
+        conn.execute(sa.update(N).values(claimed_at=ledger.utcnow() - dt.timedelta(hours=3)))
+    # a later run of the same routine (other business keys) finds them by the stale rule
+    ledger.plan(crm, R, "email", [Planned(recipient="new@example.com", business_key="n0")], run_id="run2",
+                business_date=BD)  # fmt: skip
+    recovered = ledger.recover(crm, R, run_id="run2", owner="dag/run2/send", token="dag/run2/send#1")
+    assert (recovered.unknown, recovered.requeued, recovered.adopted) == (1, 2, 3)
+    assert sorted(send_all(crm, "run2", "dag/run2/send#1")) == ["k1", "k2", "n0"]
+    assert states(crm) == {"k0": "unknown", "k1": "sent", "k2": "sent", "n0": "sent"}
+    c = ledger.counts(crm, R, "run2")  # run 2's report shows them
+    assert c["states"] == {"sent": 3, "unknown": 1}
+    (unknown,) = [r for r in ledger.rows_of_run(crm, R, "run2") if r["state"] == "unknown"]
+    assert "may or may not have arrived" in unknown["last_error"] and "(left by run run1)" in unknown["last_error"]
+
+
+def test_should_store_the_payload_a_sender_really_sent(crm):
+    ledger.plan(crm, R, "email", items(2), run_id="run1", business_date=BD)
+    rows = ledger.claim(crm, R, run_id="run1", token="t#1", limit=2)
+    with ledger.OutcomeWriter(crm, "t#1") as writer:
+        writer.record(rows[0].id, Outcome("sent", payload={"i": 0, "refreshed": True}))
+        writer.record(rows[1].id, Outcome("sent"))
+    payloads = {r["business_key"]: r["payload"] for r in ledger.rows_of_run(crm, R, "run1")}
+    assert payloads == {"k0": '{"i": 0, "refreshed": true}', "k1": '{"i": 1}'}

@@ -11,7 +11,11 @@ So after a crash, a `sending` row tells its own story:
 
 Re-planning (a re-run, a cleared run, a backfill of the same date) only touches rows that were not
 delivered (`pending`, `failed`, `skipped`); `sent`, `sending` and `unknown` rows are left alone, so
-nothing is sent twice. On PostgreSQL claims use FOR UPDATE SKIP LOCKED, so concurrent workers
+nothing is sent twice. A re-plan by a new run gives the row a fresh attempt budget (`attempts` back
+to 0): the budget is per run, so a row that used it up in an earlier run is not "not yet sent"
+forever. Rows a long-dead attempt of another run left `sending` are adopted by the run that
+recovers them (see `recover`), so they are sent (or reported unknown) by a run that still reports.
+On PostgreSQL claims use FOR UPDATE SKIP LOCKED, so concurrent workers
 never take the same row; SQLite serialises writers.
 """
 
@@ -19,17 +23,32 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, bindparam, case, func, literal, literal_column, or_, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Text,
+    and_,
+    bindparam,
+    case,
+    func,
+    literal,
+    literal_column,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 
 from crm.db.crm_schema import notification as N
 from crm.db.upsert import write_transaction
 
+log = logging.getLogger(__name__)
 PLANNABLE = ("pending", "failed", "skipped")  # not delivered: a re-plan may rewrite them
 FINAL = ("sent", "unknown")
 DEFAULT_MAX_ATTEMPTS = 5
@@ -122,6 +141,8 @@ def plan(
             "account_id": ex.account_id,
             "company_id": ex.company_id,
             "claim_token": None,
+            # a new run's re-plan gets a fresh attempt budget; a retry of the same run's plan does not
+            "attempts": case((N.c.run_id == ex.run_id, N.c.attempts), else_=literal_column("0")),
             "updated_at": ex.updated_at,
         },
         where=or_(*(N.c.state == literal_column(f"'{s}'") for s in PLANNABLE)),  # no IN: executemany
@@ -161,6 +182,7 @@ class Claimed:
 class Recovered:
     unknown: int  # attempted by a crashed attempt: may have arrived, never resent
     requeued: int  # claimed but never attempted: back to pending
+    adopted: int = 0  # of those, rows another (long dead) run had claimed: now this run's
 
 
 def recover(
@@ -172,7 +194,14 @@ def recover(
     token: str,
     stale_after: dt.timedelta = DEFAULT_STALE_AFTER,
 ) -> Recovered:
-    """Settle `sending` rows a previous attempt of this task (or any attempt, long ago) left behind."""
+    """Settle `sending` rows a previous attempt of this task (or any attempt, long ago) left behind.
+
+    Rows found by the stale rule may belong to another run. They are adopted (`run_id` set to this
+    run): `claim` only takes rows of its own run and the report only lists its own run's rows, so a
+    requeued row left with the old run id would be sent by nobody and reported by nobody (that
+    run's report went out long ago). Adopted, a requeued row is sent by this run and an `unknown`
+    one shows up in this run's report, its error naming the run that left it.
+    """
     prefix = owner + "#"
     mine_before = and_(
         N.c.routine == routine,
@@ -183,23 +212,35 @@ def recover(
             N.c.claimed_at < utcnow() - stale_after,
         ),
     )
+    left_by = case(
+        (N.c.run_id != run_id, literal(" (left by run ", Text) + N.c.run_id + literal(")", Text)),
+        else_=literal("", Text),
+    )
     with write_transaction(target) as conn:
+        adopted = conn.execute(select(func.count()).where(mine_before, N.c.run_id != run_id)).scalar() or 0
         unknown = conn.execute(
             update(N)
             .where(mine_before, N.c.attempted_at.is_not(None))
             .values(
                 state="unknown",
-                last_error="the task stopped while this message was being handed over; it may or may not "
-                "have arrived, so it is not resent automatically",
+                last_error=literal(
+                    "the task stopped while this message was being handed over; it may or may not "
+                    "have arrived, so it is not resent automatically",
+                    Text,
+                )
+                + left_by,
+                run_id=run_id,
                 updated_at=utcnow(),
             )
         ).rowcount
         requeued = conn.execute(
             update(N)
             .where(mine_before, N.c.attempted_at.is_(None))
-            .values(state="pending", claim_token=None, updated_at=utcnow())
+            .values(state="pending", claim_token=None, run_id=run_id, updated_at=utcnow())
         ).rowcount
-    return Recovered(unknown=unknown, requeued=requeued)
+    if adopted:
+        log.warning("%s: %d row(s) left 'sending' long ago by other runs are now run %s's", routine, adopted, run_id)
+    return Recovered(unknown=unknown, requeued=requeued, adopted=adopted)
 
 
 def claim(
@@ -259,6 +300,9 @@ class Outcome:
     error: str | None = None
     retryable: bool = False
     reason: str | None = None  # for skipped
+    # the payload as really sent, when the sender changed it (re-rendered from fresher data): stored on
+    # the row, so the report shows what went out rather than what was planned; None keeps the planned one
+    payload: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.state not in ("sent", "failed", "unknown", "skipped"):
@@ -309,6 +353,7 @@ _RECORD = (
         last_error=bindparam("last_error"),
         retryable=bindparam("retryable"),
         sent_at=bindparam("sent_at"),
+        payload=func.coalesce(bindparam("payload", type_=Text), N.c.payload),
         # a failure before the point of no return was still a try
         attempts=case((N.c.attempted_at.is_(None), N.c.attempts + 1), else_=N.c.attempts),
         updated_at=bindparam("now"),
@@ -363,6 +408,9 @@ class OutcomeWriter:
                 "last_error": outcome.error,
                 "retryable": outcome.retryable,
                 "sent_at": now if outcome.state == "sent" else None,
+                "payload": None
+                if outcome.payload is None
+                else json.dumps(outcome.payload, default=str, ensure_ascii=False),
                 "now": now,
             },
         )
