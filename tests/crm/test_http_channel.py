@@ -118,3 +118,64 @@ def test_should_answer_keep_alive_requests_without_waiting_for_delayed_acks(api)
             assert session.post(f"{api.url}/v1/messages", json={"to": f"+55119{i:08d}"}).status_code == 201
         elapsed = time.perf_counter() - started
     assert elapsed < 1.5, f"100 keep-alive requests took {elapsed:.2f} s"
+
+
+class _FakeSession:
+    """Answers each try from a script: an exception to raise or a status code (for what a sandbox cannot do)."""
+
+    def __init__(self, script):
+        self.script = list(script)
+        self.tries = 0
+
+    def request(self, *args, **kwargs):
+        import requests
+
+        self.tries += 1
+        step = self.script.pop(0)
+        if isinstance(step, Exception):
+            raise step
+        resp = requests.Response()
+        resp.status_code, resp._content = step, b'{"error": "x"}'
+        return resp
+
+
+def scripted(*script) -> tuple[HttpChannel, _FakeSession]:
+    from types import SimpleNamespace
+
+    ch = HttpChannel("unused", tries=len(script), sleep=lambda s: None)
+    ch._hook = SimpleNamespace(url_from_endpoint=lambda path: f"http://gateway.invalid{path}")
+    ch._session = _FakeSession(script)
+    return ch, ch._session
+
+
+def test_should_stay_unknown_when_a_timeout_is_followed_by_a_5xx_on_the_last_try(api):
+    api.inject("/v1/messages", "timeout", 502)  # the first try was processed, its answer lost
+    ch, _ = channel(tries=2)
+    with ch:
+        result = ch.request("POST", "/v1/messages", json={"to": "1"}, idempotency_key="k3")
+    assert len(api.deliveries("/v1/messages")) == 1  # it did arrive
+    assert result.status == 502 and result.timed_out
+    assert outcome_of(result).state == "unknown"
+
+
+def test_should_stay_unknown_when_a_timeout_is_followed_by_a_connection_error():
+    import requests
+
+    ch, session = scripted(requests.ReadTimeout("read timed out"), requests.ConnectionError("refused"))
+    result = ch.request("POST", "/sms", json={"to": "1"})
+    assert session.tries == 2 and result.status is None and result.timed_out
+    out = outcome_of(result)
+    assert out.state == "unknown" and "refused" in out.error
+
+
+def test_should_not_count_a_connect_timeout_as_possibly_delivered():
+    import requests
+
+    ch, session = scripted(requests.ConnectTimeout("connect timed out"), requests.ConnectTimeout("again"))
+    result = ch.request("POST", "/sms", json={"to": "1"})
+    assert session.tries == 2 and not result.timed_out
+    out = outcome_of(result)
+    assert out.state == "failed" and out.retryable and "connect timeout" in out.error
+    # ... but a read timeout before it still may have been delivered
+    ch, _ = scripted(requests.ReadTimeout("read timed out"), requests.ConnectTimeout("connect timed out"), 503)
+    assert outcome_of(ch.request("POST", "/sms", json={"to": "1"})).state == "unknown"

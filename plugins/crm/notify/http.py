@@ -36,7 +36,9 @@ class HttpResult:
     body: Any = None  # parsed JSON, else text
     attempts: int = 0
     error: str | None = None
-    timed_out: bool = False  # the last try timed out: the provider may have acted
+    # some try timed out after the request went out: the provider may have acted on it. Sticky: a later
+    # 5xx, 429 or connection error does not prove the earlier request was not processed
+    timed_out: bool = False
     headers: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -140,22 +142,31 @@ class HttpChannel:
         for attempt in range(1, self.tries + 1):
             try:
                 resp = self._session.request(method, url, json=json, params=params, headers=hdrs, timeout=self.timeout)
+            except requests.ConnectTimeout as exc:  # never connected: nothing was sent (before Timeout: a subclass)
+                last_error = f"connect timeout after {self.timeout}s: {exc}"
+                wait = self._backoff(attempt)
             except requests.Timeout as exc:
                 last_error, timed_out = f"timeout after {self.timeout}s: {exc}", True
                 wait = self._backoff(attempt)
             except requests.ConnectionError as exc:
-                last_error, timed_out = f"connection error: {exc}", False
+                last_error = f"connection error: {exc}"
                 wait = self._backoff(attempt)
             else:
-                timed_out = False
                 if resp.status_code not in RETRY_STATUSES:
-                    return HttpResult(resp.status_code, _body(resp), attempt, headers=dict(resp.headers))
+                    return HttpResult(
+                        resp.status_code, _body(resp), attempt, timed_out=timed_out, headers=dict(resp.headers)
+                    )
                 last_error = f"HTTP {resp.status_code}: {_short(resp.text)}"
                 hinted = retry_after_seconds(resp.headers.get("Retry-After"))
                 wait = min(hinted, self.max_wait) if hinted is not None else self._backoff(attempt)
                 if attempt == self.tries:
                     return HttpResult(
-                        resp.status_code, _body(resp), attempt, error=last_error, headers=dict(resp.headers)
+                        resp.status_code,
+                        _body(resp),
+                        attempt,
+                        error=last_error,
+                        timed_out=timed_out,
+                        headers=dict(resp.headers),
                     )
             if attempt < self.tries:
                 log.warning("%s %s: %s; try %d of %d in %.1fs", method, path, last_error, attempt + 1, self.tries, wait)
@@ -184,9 +195,10 @@ def outcome_of(result: HttpResult, provider_message_id: str | None = None) -> An
 
     if result.ok:
         return Outcome("sent", provider_message_id=provider_message_id)
+    if result.timed_out and (result.status is None or result.status in RETRY_STATUSES):
+        # an earlier try may have been acted on, and no later answer says otherwise: never resend automatically
+        return Outcome("unknown", error=f"may have been delivered (a try timed out); last try: {result.error}")
     if result.status is None:
-        if result.timed_out:  # the provider may have acted on it: never resend automatically
-            return Outcome("unknown", error=result.error)
         return Outcome("failed", error=result.error, retryable=True)
     detail = f"HTTP {result.status}: {_short(str(result.body))}"
     if result.status in RETRY_STATUSES:
