@@ -86,3 +86,18 @@ def test_should_stop_the_run_on_a_broken_or_missing_template(templates):
 def test_should_list_template_names_for_the_trigger_form(templates):
     assert templates.names("he") == ["hello"]
     assert "evil" in templates.names()
+
+
+def test_should_use_an_edited_template_file_on_the_next_render_in_the_same_process(templates, tmp_path):
+    import os
+
+    assert templates.render_email("hello", {"first_name": "Ana"}, None).text == "Hi Ana"
+    path = tmp_path / "email" / "hello.txt"
+    path.write_text("Hello again, {{ first_name }}", encoding="utf-8")
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 2_000_000_000))  # a later edit, whatever the fs clock
+    assert templates.render_email("hello", {"first_name": "Ana"}, None).text == "Hello again, Ana"
+    # another Templates object of the process shares the compiled cache: it sees the edit too
+    assert Templates("email", root=tmp_path).render_email("hello", {"first_name": "Ana"}, None).text == (
+        "Hello again, Ana"
+    )

@@ -9,6 +9,10 @@ the braces literally).
 
 E-mail parts: `subject` (one line, plain text), `txt` (plain body), `html` (autoescaped body).
 Locale fallback: pt_BR -> pt -> the file without a locale.
+
+Compiled templates are cached per process (one Jinja environment per root), with `auto_reload`:
+each lookup compares the file's mtime (one stat) with the cached one, so a template edited on a
+long-lived worker is used by the next render instead of the copy compiled at the worker's start.
 """
 
 from __future__ import annotations
@@ -58,7 +62,7 @@ def locale_chain(locale: str | None) -> list[str]:
 
 
 class Templates:
-    """Finds and renders the templates of one channel; compiled templates are cached per process."""
+    """Finds and renders the templates of one channel; compiled once per process, recompiled when edited."""
 
     def __init__(self, channel: str, root: Path | str = TEMPLATES_DIR) -> None:
         self.channel = channel
@@ -155,5 +159,5 @@ def _environment(root: str, *, autoescape: bool) -> SandboxedEnvironment:
         autoescape=autoescape,
         undefined=StrictUndefined,
         keep_trailing_newline=True,
-        auto_reload=False,
+        auto_reload=True,  # a stat per lookup: edits reach long-lived workers; unchanged files stay compiled
     )
