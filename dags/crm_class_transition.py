@@ -8,7 +8,8 @@ months, or lifetime without a window), `days_since_last_purchase`, `months_as_cu
 Evaluated over all accounts at once, or the members of the `audience` Param.
 
 One transition per account per business date: among the rules an account satisfies, the lowest
-priority number wins (ties: the lowest rule id); an account satisfying no rule keeps its class.
+priority number wins (ties: the lowest rule id; a rule without a priority comes after every
+numbered one); an account satisfying no rule keeps its class.
 Rules that cannot be evaluated fail the run in `check_rules`, naming each, before anything changes.
 
 Runs when `crm_account_purchase_profile` has refreshed `crm_account_profile` (Asset

@@ -237,3 +237,19 @@ def test_should_fail_at_once_on_an_unknown_audience(dagbag, demo):
     assert run_dag(dagbag, audience="NO_SUCH").state == "failed"
     assert classes(demo) == before
     assert "audience 'NO_SUCH' does not exist" in last_summary(demo)["error"]
+
+
+def test_should_reproduce_an_earlier_date_on_backfill_from_that_dates_purchases(dagbag, demo, smtp_sink):
+    """The profile was computed for BD; a run for two months earlier must not see the later purchases."""
+    earlier = BD - dt.timedelta(days=61)
+    before = classes(demo)
+    want = expected(demo, day=earlier)
+    assert want != expected(demo)  # the two dates do give different classes on this demo
+    assert run_dag(dagbag, day=earlier).state == "success"
+    assert classes(demo) == want
+    assert {r[5] for r in history(demo)} == {earlier.isoformat()}
+    summary = last_summary(demo)
+    assert summary["lifetime measures from the ERP (profile not for this date)"] > 0
+    attached = csv_rows(smtp_sink.messages()[-1])
+    assert {int(r["account_id"]) for r in attached} == {k for k in want if want[k] != before[k]}
+    assert all(float(r["value"]) >= 0 for r in attached if r["measure"] == "days_since_last_purchase")

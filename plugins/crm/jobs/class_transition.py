@@ -3,15 +3,19 @@
 Plain functions taking engines and values (no Airflow), so the DAG, the tests and the benchmark run
 the same code. The rules and their semantics are in crm.routines.class_transition.
 
-Where the measures come from:
-- lifetime `accumulated_value` / `purchase_count`, and the first and last purchase dates, from
-  `crm_account_profile` (crm_account_purchase_profile, whose Asset schedules this routine: the
-  profile is fresh when it runs). `days_since_last_purchase` is recomputed for this run's business
-  date from the stored last purchase date, so a profile from another date cannot shift it; the
-  number of profiles computed for another date is reported.
+Where the measures come from (all of them as of the run's business date D, so a backfill of D
+reproduces D's classes):
+- lifetime `accumulated_value` / `purchase_count`, and the first and last purchase dates
+  (`days_since_last_purchase`, `months_as_customer`), from `crm_account_profile` for the accounts
+  whose profile row is for D (crm_account_purchase_profile, whose Asset schedules this routine: the
+  profile is normally fresh when it runs). Accounts with an ERP code whose profile is for another
+  date, or missing, get them from the ERP up to D with the purchase profile's own fold
+  (`crm.routines.purchase_profile.ProfileAccumulator` over `erp/invoices.sql`, or
+  `erp/invoices_by_customer.sql` when only a few accounts need it): a backfill never reads a later
+  profile (which would count later purchases and give negative days). Counts in the summary.
 - windowed `accumulated_value` / `purchase_count` (`window_months` N), from the ERP through
   `erp/purchases_since.sql`, one aggregated query per distinct N (one row per customer).
-Accounts without an ERP code or a profile have zero value and count and no dates.
+Accounts without an ERP code have zero value and count and no dates.
 """
 
 from __future__ import annotations
@@ -40,11 +44,16 @@ from crm.jobs.account_changes import apply_changes, diff
 from crm.jobs.purchase_profile import AudienceNotFound
 from crm.routines import class_transition as ct
 from crm.routines.periods import months_before, whole_months_between
-from crm.sources import read_frame
+from crm.routines.purchase_profile import ProfileAccumulator
+from crm.sources import iter_frames, read_frame
 
 log = logging.getLogger(__name__)
 
 DAG_ID = "crm_class_transition"
+LIFETIME_MEASURES = frozenset({"accumulated_value", "purchase_count", "days_since_last_purchase", "months_as_customer"})
+LIFETIME_COLUMNS = ["accumulated_value", "purchase_count", "first_purchase_date", "last_purchase_date"]
+# Up to this many accounts needing ERP measures are read by customer (indexed IN lists); more: one full scan.
+FEW_ACCOUNTS = 20_000
 REPORT_COLUMNS = [
     "account_id",
     "erp_customer_code",
@@ -116,11 +125,69 @@ def read_profiles(crm: Engine) -> pd.DataFrame:
     """The lifetime purchase fields of crm_account_profile, indexed by account id."""
     t = account_profile
     cols = ["account_id", "accumulated_value", "purchase_count", "first_purchase_date", "last_purchase_date"]
+    if "erp_customer_code" in t.c:  # the code the profile was computed from, where the schema keeps it
+        cols.append("erp_customer_code")
     stmt = select(*[t.c[c] for c in cols], t.c.business_date)
     frame = select_frame(crm, stmt, [*cols, "business_date"])
     for col in ("first_purchase_date", "last_purchase_date", "business_date"):
         frame[col] = pd.to_datetime(frame[col]).to_numpy().astype("datetime64[D]")
     return frame.set_index("account_id")
+
+
+def lifetime_as_of(
+    accounts: pd.DataFrame,
+    profiles: pd.DataFrame,
+    erp: Engine,
+    business_date: dt.date,
+    *,
+    chunk_rows: int = 500_000,
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The lifetime fields (LIFETIME_COLUMNS) of `accounts` as of `business_date`, indexed like `accounts`.
+
+    From the profile where its row is for that date; for the other accounts with an ERP code (profile
+    of another date, or none), folded from the ERP invoices up to the date by the purchase profile's
+    ProfileAccumulator, so a backfill sees that date's purchases only.
+    """
+    prof = profiles.reindex(accounts.index)[LIFETIME_COLUMNS].copy()
+    bd = np.datetime64(business_date, "D")
+    fresh = profiles["business_date"].reindex(accounts.index).to_numpy().astype("datetime64[D]") == bd
+    if "erp_customer_code" in profiles:  # a profile computed under another ERP code is not this account's
+        own = accounts["erp_customer_code"].to_numpy(dtype="float64", na_value=np.nan)
+        fresh &= profiles["erp_customer_code"].reindex(accounts.index).to_numpy(dtype="float64", na_value=np.nan) == own
+    has_code = accounts["erp_customer_code"].notna().to_numpy()
+    need = has_code & ~fresh
+    facts: dict[str, Any] = {"lifetime measures from the profile": int((has_code & fresh).sum())}
+    if need.any():
+        codes = np.unique(accounts["erp_customer_code"].to_numpy(dtype="float64", na_value=np.nan)[need]).astype(
+            np.int64
+        )
+        acc = ProfileAccumulator(pd.DataFrame({"account_id": codes, "erp_customer_code": codes}), business_date)
+        if len(codes) <= FEW_ACCOUNTS:
+            invoices = iter_frames(
+                erp,
+                "erp/invoices_by_customer",
+                {"business_date": business_date, "customer_codes": codes.tolist()},
+                chunk_rows=chunk_rows,
+            )
+        else:
+            invoices = iter_frames(erp, "erp/invoices", {"business_date": business_date}, chunk_rows=chunk_rows)
+        for chunk in invoices:
+            acc.add_invoices(chunk)
+        got = (
+            acc.result()
+            .set_index("account_id")
+            .reindex(accounts["erp_customer_code"].to_numpy(dtype="float64", na_value=np.nan)[need])
+        )
+        rows = accounts.index[need]
+        prof.loc[rows, "accumulated_value"] = got["accumulated_value"].to_numpy(dtype="float64")
+        prof.loc[rows, "purchase_count"] = got["purchase_count"].to_numpy(dtype="float64")
+        for col in ("first_purchase_date", "last_purchase_date"):
+            prof.loc[rows, col] = got[col].to_numpy().astype("datetime64[D]")
+        facts["lifetime measures from the ERP (profile not for this date)"] = int(need.sum())
+        facts["ERP invoices read for lifetime measures"] = acc.invoices_seen
+    for col in ("first_purchase_date", "last_purchase_date"):
+        prof[col] = pd.to_datetime(prof[col]).to_numpy().astype("datetime64[D]")
+    return prof, facts
 
 
 def measures_for(
@@ -130,12 +197,15 @@ def measures_for(
     rules: list[ct.Rule],
     business_date: dt.date,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """One float column per measure the rules read (NaN: no value), aligned with `accounts`."""
-    prof = profiles.reindex(accounts.index)
+    """One float column per measure the rules read (NaN: no value), aligned with `accounts`, as of `business_date`."""
+    needed = {r.measure_key for r in rules}
+    facts: dict[str, Any] = {}
+    if needed & LIFETIME_MEASURES:
+        prof, facts = lifetime_as_of(accounts, profiles, erp, business_date)
+    else:
+        prof = pd.DataFrame(index=accounts.index)
     bd = np.datetime64(business_date, "D")
     out: dict[str, np.ndarray] = {}
-    facts: dict[str, Any] = {}
-    needed = {r.measure_key for r in rules}
     if "accumulated_value" in needed:
         out["accumulated_value"] = np.round(prof["accumulated_value"].to_numpy(dtype="float64", na_value=0.0), 2)
         out["accumulated_value"] = np.nan_to_num(out["accumulated_value"], nan=0.0)

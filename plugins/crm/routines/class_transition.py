@@ -15,14 +15,18 @@ the rule's threshold by `>=`, `>`, `<=`, `<`, `=` or `!=` (money rounded to cent
 
 A rule applies to accounts of its `from_class_id` (null: any class, and accounts without one).
 Among the active rules an account satisfies, the one with the **lowest priority number** wins
-(priority 1 before 2: "first priority"), ties broken by the **lowest rule id**; the account moves
+(priority 1 before 2: "first priority"), ties broken by the **lowest rule id** (so two rules of
+equal priority always resolve the same way, whatever order the database returns them in). A rule
+with **no priority** (null) comes **after every numbered rule** (a forgotten priority must not make a
+rule the most important one); among themselves such rules go by id. The account moves
 to that rule's class. If the winner's class is the account's own, it stays (a higher rule that
 confirms the class also keeps lower ones from moving it, so the classes do not oscillate between
 runs). An account satisfying no rule keeps its class. One transition per account per run.
 
 Rules that cannot be evaluated (unknown measure or operator, non-numeric threshold, a window on a
-measure that takes none, a window under 1 month, an unknown class) raise `RuleError` naming every
-bad rule, before anything is computed or changed. Inactive rules are neither checked nor used.
+measure that takes none, a window under 1 month, an unknown class, a priority that is not a whole
+number) raise `RuleError` naming every bad rule, before anything is computed or changed. Inactive
+rules are neither checked nor used.
 """
 
 from __future__ import annotations
@@ -60,8 +64,13 @@ class Rule:
     operator: str
     threshold: float
     window_months: int | None
-    priority: int
+    priority: int | None  # None: after every numbered rule
     description: str = ""
+
+    @property
+    def order_key(self) -> tuple[bool, int, int]:
+        """Evaluation order: numbered priorities ascending, then unnumbered ones; ties by rule id."""
+        return (self.priority is None, self.priority if self.priority is not None else 0, self.id)
 
     @property
     def measure_key(self) -> str:
@@ -74,7 +83,7 @@ class Rule:
 
 
 def check_rules(rows: Iterable[Mapping[str, Any]], class_ids: Iterable[int]) -> list[Rule]:
-    """Validate active rule rows; return them in evaluation order (priority, then id) or raise RuleError."""
+    """Validate active rule rows; return them in evaluation order (`Rule.order_key`) or raise RuleError."""
     known = {int(c) for c in class_ids}
     rules: list[Rule] = []
     problems: list[str] = []
@@ -90,19 +99,19 @@ def check_rules(rows: Iterable[Mapping[str, Any]], class_ids: Iterable[int]) -> 
         rules.append(
             Rule(
                 id=int(rid),
-                from_class_id=None if _null(row.get("from_class_id")) else int(row["from_class_id"]),
-                to_class_id=int(row["to_class_id"]),
+                from_class_id=None if _null(row.get("from_class_id")) else _as_int(row["from_class_id"]),
+                to_class_id=int(_as_int(row["to_class_id"])),
                 measure=str(row["measure"]).strip(),
                 operator=str(row["operator"]).strip(),
                 threshold=float(row["threshold"]),
                 window_months=None if _null(row.get("window_months")) else int(row["window_months"]),
-                priority=int(row.get("priority") or 0),
+                priority=None if _null(row.get("priority")) else int(float(row["priority"])),
                 description=str(row.get("description") or ""),
             )
         )
     if problems:
         raise RuleError("class-transition rules that cannot be evaluated: " + " | ".join(problems))
-    return sorted(rules, key=lambda r: (r.priority, r.id))
+    return sorted(rules, key=lambda r: r.order_key)
 
 
 def _problems(row: Mapping[str, Any], known: set[int]) -> list[str]:
@@ -130,12 +139,19 @@ def _problems(row: Mapping[str, Any], known: set[int]) -> list[str]:
         else:
             if MEASURES.get(measure) == WINDOW_NONE:
                 why.append(f"{measure} takes no window_months (got {window!r})")
+    priority = row.get("priority")
+    if not _null(priority):
+        try:
+            if not float(priority).is_integer():
+                raise ValueError
+        except (TypeError, ValueError):
+            why.append(f"priority {priority!r} is not a whole number")
     for col in ("from_class_id", "to_class_id"):
         value = row.get(col)
         if _null(value):
             if col == "to_class_id":
                 why.append("to_class_id is missing")
-        elif int(value) not in known:
+        elif _as_int(value) not in known:
             why.append(f"{col} {value!r} is not a class of crm_class")
     return why
 
@@ -184,6 +200,15 @@ def _compare(values: np.ndarray, op: str, threshold: float) -> np.ndarray:
 
 def _null(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA
+
+
+def _as_int(value: Any) -> int | None:
+    """A whole number given as int, float or text; None for anything else (so it matches no class)."""
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return None
+    return int(f) if f.is_integer() else None
 
 
 def _truthy(value: Any) -> bool:
