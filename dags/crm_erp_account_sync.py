@@ -59,6 +59,8 @@ def crm_erp_account_sync():
     @task
     def sync_accounts() -> dict:
         """Check the changed accounts, upsert the valid ones into the ERP, write their codes back."""
+        import datetime as dt
+
         from crm.dag_helpers import business_date, run_facts, staging_path
         from crm.db import CRM_DB, ERP_DB, engine_for
         from crm.jobs import erp_account_sync as job
@@ -75,7 +77,7 @@ def crm_erp_account_sync():
                 erp,
                 plan,
                 run_id=facts["run_id"],
-                written_at=facts["run_after"],
+                written_at=dt.datetime.now(dt.UTC),  # the write's time; CRM updated_at is never lowered by it
                 started_at=facts["started_at"],
                 requested_by=facts["requested_by"],
             )

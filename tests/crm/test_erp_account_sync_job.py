@@ -83,3 +83,45 @@ def test_should_adopt_customers_created_by_a_run_whose_write_back_failed(dbs):
     assert linked == len(new)
     with sqlite3.connect(var / "erp.db") as conn:
         assert conn.execute("select count(*) from customer").fetchone()[0] == n_before
+
+
+def test_should_check_in_the_next_run_an_account_edited_between_plan_and_write_back(dbs):
+    crm, erp, var = dbs
+    plan = job.plan_sync(crm, erp, BD)
+    assert plan.mode == "full" and not plan.writebacks.empty
+    edited = int(plan.writebacks["account_id"].iloc[0])
+    edit_at = plan.watermark + dt.timedelta(minutes=1)  # saved by a person after the plan read the watermark
+    with sqlite3.connect(var / "crm.db") as conn:
+        conn.execute(
+            "UPDATE crm_account SET name = 'Nome Corrigido Ltda.', updated_at = ? WHERE id = ?",
+            (edit_at.strftime("%Y-%m-%d %H:%M:%S.%f"), edited),
+        )
+    # the write-back's stamp is older than the edit (the run's run_after, or a slow worker's clock)
+    stamp = plan.watermark - dt.timedelta(hours=2)
+    stamp = stamp.replace(tzinfo=dt.UTC)
+    job.apply_sync(crm, erp, plan, run_id="r1", written_at=stamp, started_at=stamp)
+    with sqlite3.connect(var / "crm.db") as conn:
+        (kept,) = conn.execute("SELECT updated_at FROM crm_account WHERE id = ?", (edited,)).fetchone()
+    assert kept == edit_at.strftime("%Y-%m-%d %H:%M:%S.%f")  # the write-back did not lower the edit's stamp
+
+    nxt = job.plan_sync(crm, erp, BD)
+    assert nxt.mode == "incremental" and edited in set(nxt.checked["account_id"])
+    (row,) = [r for r in nxt.rows if r["name"] == "Nome Corrigido Ltda."]
+    assert nxt.pushed.set_index("account_id").loc[edited, "action"] == "updated" and row["code"] > 0
+
+
+def test_should_leave_out_accounts_whose_customer_type_does_not_integrate(dbs):
+    crm, erp, var = dbs
+    plan = job.plan_sync(crm, erp, BD)
+    inserted = plan.pushed[plan.pushed["action"] == "inserted"]["account_id"].astype(int).tolist()
+    invalid = plan.violations["account_id"].astype(int).tolist()
+    assert inserted and invalid
+    moved = [inserted[0], invalid[0]]  # a valid account and an invalid one become final consumers (type 3)
+    with sqlite3.connect(var / "crm.db") as conn:
+        assert conn.execute("SELECT integrates_erp FROM crm_customer_type WHERE id = 3").fetchone() == (0,)
+        conn.executemany("UPDATE crm_account SET customer_type_id = 3 WHERE id = ?", [(a,) for a in moved])
+    again = job.plan_sync(crm, erp, BD, full_check=True)
+    assert not set(moved) & set(again.checked["account_id"].astype(int))
+    assert not set(moved) & set(again.pushed["account_id"].astype(int))
+    assert not set(moved) & set(again.violations["account_id"].astype(int))
+    assert len(again.checked) == len(plan.checked) - 2

@@ -92,6 +92,14 @@ def test_should_check_cpf_for_persons_and_cnpj_for_companies():
     assert check(account(person_type="PF", tax_id="529.982.247-25")).empty
 
 
+@pytest.mark.parametrize("person_type", ["PX", "pf", "", None])
+def test_should_refuse_a_person_type_that_is_neither_pf_nor_pj_whatever_the_document(person_type):
+    for tax_id in ("52998224725", "11222333000181", "not a document"):  # a valid CPF, a valid CNPJ, garbage
+        v = check(account(person_type=person_type, tax_id=tax_id))
+        assert found(v) == {(1, "invalid_person_type", "person_type")}
+        assert v["value"].tolist() == [person_type]
+
+
 def test_should_refuse_a_short_name_another_erp_customer_has_but_not_the_accounts_own():
     erp = pd.DataFrame({"code": [10, 11], "short_name": ["Sao Jorge ", "OUTRO"]})
     assert found(check(account(), erp=erp)) == {(1, "short_name_taken_in_erp", "short_name")}

@@ -199,3 +199,18 @@ def test_should_write_nothing_on_a_dry_run(dagbag, demo, smtp_sink):
     pushed = report_csv(smtp_sink, "pushed")
     assert any(p["action"] == "inserted" for p in pushed)  # what a real run would do
     assert report_csv(smtp_sink, "violations")
+
+
+def test_should_resume_from_the_last_real_run_after_a_dry_run(dagbag, demo, smtp_sink):
+    assert run_dag(dagbag).state == "success"  # the first real run: full, records its watermark
+    assert run_dag(dagbag, dry_run=True).state == "success"
+    runs = rows(demo, "crm.db", "SELECT status, watermark, summary FROM crm_routine_run ORDER BY id")
+    assert [(r["status"], r["watermark"] is None) for r in runs] == [("success", False), ("success", True)]
+    assert json.loads(runs[1]["summary"])["mode"] == "incremental"
+
+    assert run_dag(dagbag).state == "success"  # after the dry run: still incremental from the real run's watermark
+    last = json.loads(rows(demo, "crm.db", "SELECT summary FROM crm_routine_run ORDER BY id DESC")[0]["summary"])
+    first = json.loads(runs[0]["summary"])
+    assert last["mode"] == "incremental" and last["accounts_checked"] < first["accounts_checked"]
+    watermark = rows(demo, "crm.db", "SELECT watermark FROM crm_routine_run ORDER BY id")[0]["watermark"]
+    assert dt.datetime.fromisoformat(last["since"]) == dt.datetime.fromisoformat(watermark)

@@ -4,6 +4,20 @@ Each change is a row (account_id, field, old, new). `apply_changes` writes the n
 `crm_account_history` row per change (old value, new value, routine, run id, business date) in
 the caller's transaction, so the account and its audit trail can never disagree. Only real
 changes are passed in (`diff` drops the equal ones), so re-running a date changes nothing more.
+
+`crm_account.updated_at` is the CRM's change signal: the ERP account sync resumes from it, and the
+CRM touches it when a person saves an account. Routine writes follow one rule:
+
+- they **never lower it**: a change that moves it sets `updated_at = max(updated_at, stamp)`, so a
+  person's edit saved between a routine's plan and its write-back keeps its (later) stamp and the
+  next incremental ERP sync still sees it;
+- only changes of the account record itself move it (`BUMPS_UPDATED_AT`: the owner, the ERP code);
+  the derived, informational fields (status, status label, class) leave it alone: they are
+  recomputed for up to every account each night, nothing downstream resumes from them, and moving
+  the stamp would make the next ERP sync re-check up to a million unchanged accounts. Their audit
+  trail is `crm_account_history` (`changed_at`).
+
+The stamp is the caller's `changed_at`: the time of the write (UTC), also the history's `changed_at`.
 """
 
 from __future__ import annotations
@@ -22,6 +36,7 @@ from crm.db.upsert import write_transaction
 
 CHANGE_COLUMNS = ["account_id", "field", "old_value", "new_value"]
 WRITABLE = {"erp_status", "gp_status", "status_label", "class_id", "owner_id", "erp_customer_code"}
+BUMPS_UPDATED_AT = frozenset({"owner_id", "erp_customer_code"})
 
 
 def diff(current: pd.DataFrame, wanted: pd.DataFrame, fields: Sequence[str]) -> pd.DataFrame:
@@ -61,6 +76,9 @@ def apply_changes(
 ) -> dict[str, int]:
     """Write the changes and their history rows in one transaction; returns the count per field.
 
+    `updated_at` moves (never backwards) only for accounts changing a field of BUMPS_UPDATED_AT,
+    to `changed_at` or stays where a later edit put it (see the module docstring).
+
     Set-wise on purpose (a million status changes must take seconds, not minutes): one UPDATE per
     account setting every changed field at once (one executemany per combination of fields), and
     the history rows in one executemany of plain tuples. Values are converted once per distinct
@@ -97,9 +115,13 @@ def apply_changes(
             cols = [i for i in range(len(field_names)) if mask >> i & 1]
             members = np.flatnonzero(masks == mask)
             sets = ", ".join(f"{q(field_names[i])} = {p}" for i in cols)
-            sql = f"UPDATE {q(account.name)} SET {sets}, updated_at = {p} WHERE id = {p}"
+            bump = any(field_names[i] in BUMPS_UPDATED_AT for i in cols)
+            stamp_cols = (repeat(when), repeat(when)) if bump else ()
+            if bump:  # max(updated_at, stamp), portable: a later edit's stamp is never lowered
+                sets += f", updated_at = CASE WHEN updated_at < {p} THEN {p} ELSE updated_at END"
+            sql = f"UPDATE {q(account.name)} SET {sets} WHERE id = {p}"
             params = list(
-                zip(*(matrix[members, i].tolist() for i in cols), repeat(when), rows[members].tolist(), strict=False)
+                zip(*(matrix[members, i].tolist() for i in cols), *stamp_cols, rows[members].tolist(), strict=False)
             )
             conn.exec_driver_sql(sql, params)
         for name, n in zip(*np.unique(fields.astype(str), return_counts=True), strict=True):

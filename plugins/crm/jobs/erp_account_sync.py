@@ -1,10 +1,13 @@
 """crm_erp_account_sync (TOTVS CRM "Novo Lead / Nova Conta"): push accounts that satisfy the ERP integration rules.
 
 Which accounts: those whose customer type integrates with the ERP (`crm_customer_type.integrates_erp`)
-and that changed since the previous successful run's watermark (the latest `updated_at` of accounts,
-their phones and observations, read when that run started; all of them on the first run, after a
-dry run, or with `full_check`). Address edits are seen through the account's `updated_at`, which the
-CRM touches when an account is saved.
+and that changed since the watermark of the latest successful run that recorded one (the latest
+`updated_at` of accounts, their phones and observations, read when that run started; a dry run
+records none, so the run after it resumes from the last real run); all of them on the first run or
+with `full_check`. Address edits are seen through the account's `updated_at`, which the CRM touches
+when an account is saved. The ERP code write-back moves `updated_at` only forward
+(`crm.jobs.account_changes`): an edit saved while a run was writing keeps its later stamp and is
+checked by the next run.
 
 Each is checked against every rule (`crm.routines.erp_integration.check`). Valid accounts are written
 to the ERP through the write contract `include/sql/erp/customer_upsert.sql` (one ERP transaction),
@@ -30,8 +33,9 @@ from crm.db.crm_schema import account as A
 from crm.db.crm_schema import address, company, customer_type, observation, observation_type, phone
 from crm.db.upsert import write_transaction
 from crm.jobs.account_changes import apply_changes, diff
+from crm.jobs.whatsapp import latest_watermark
 from crm.routines import erp_integration as rules
-from crm.runs import last_successful_run, naive_utc, record_run
+from crm.runs import naive_utc, record_run
 from crm.sources import execute, read_frame
 
 log = logging.getLogger(__name__)
@@ -188,11 +192,11 @@ def complete_addresses(addresses: pd.DataFrame) -> pd.DataFrame:
 def plan_sync(crm: Engine, erp: Engine, business_date: dt.date, *, full_check: bool = False) -> SyncPlan:
     """Check the batch and compute every ERP write and CRM write-back; writes nothing."""
     watermark = crm_watermark(crm)
-    previous = last_successful_run(crm, DAG_ID)
-    if full_check or previous is None or previous.watermark is None:
+    previous = latest_watermark(crm, DAG_ID)  # dry runs record no watermark: they are skipped here
+    if full_check or previous is None:
         mode, since = "full", None
     else:
-        mode, since = "incremental", previous.watermark
+        mode, since = "incremental", previous
     batch = candidates(crm, since)
     ids = batch["account_id"].astype(int).tolist()
     with crm.connect() as conn:

@@ -118,7 +118,9 @@ def check(
     """Every violation of the integration rules by the accounts of one batch.
 
     `accounts`: account_id, target_code (see `resolve_codes`), person_type, name, short_name, email,
-    tax_id and the erp_*_id choices. `addresses`: account_id, address_type of the complete addresses
+    tax_id and the erp_*_id choices. A person_type other than PF/PJ is itself a violation
+    (`invalid_person_type`, exact codes as the ERP takes them): the document could be checked
+    against neither rule. `addresses`: account_id, address_type of the complete addresses
     (street and city filled). `known_ids`: ERP reference table -> ids it holds. `erp_customers`:
     code, short_name of every ERP customer.
     """
@@ -167,7 +169,11 @@ def check(
         "another account of this run has the same short name")  # fmt: skip
 
     tax = accounts["tax_id"]
-    pf, pj = accounts["person_type"] == "PF", accounts["person_type"] == "PJ"
+    kind = accounts["person_type"].astype(object)
+    pf, pj = (kind == "PF").to_numpy(dtype=bool), (kind == "PJ").to_numpy(dtype=bool)
+    # Neither PF nor PJ: no document rule could apply, so the type itself is the violation (never a silent pass).
+    add(~(pf | pj), "invalid_person_type", "person_type", accounts["person_type"],
+        "person type must be PF (person) or PJ (company)")  # fmt: skip
     add(_blank(tax), "required", "tax_id", None, "CPF (person) or CNPJ (company) is required")
     present = ~_blank(tax)
     add(pf & present & ~tax.map(cpf_is_valid), "invalid_cpf", "tax_id", tax, "not a valid CPF (check digits)")
