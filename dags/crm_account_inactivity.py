@@ -2,9 +2,10 @@
 ### Account inactivity monitor (TOTVS CRM crm00356, "Monitorar Movimentações das Contas")
 
 Lists the active accounts without any counted movement in the last `period_days` days of the run's
-business date, as configured by the inactivity profile chosen in the `profile` Param
-(`crm_inactivity_profile`: period, which movement counts — activities, opportunities, tickets,
-ERP purchases —, transfer or not and to whom, who is notified, the e-mail template).
+business date (days of the routine's timezone in `routines.yaml`), as configured by the inactivity
+profile chosen in the `profile` Param (`crm_inactivity_profile`: period, which movement counts —
+activities, opportunities, tickets, ERP purchases —, transfer or not and to whom, who is notified,
+the e-mail template).
 
 If the profile transfers, the idle accounts get the new owner (one user, or round-robin over the
 list in its order, accounts by id); the owner changes, their history (previous owner kept) and the
@@ -55,6 +56,8 @@ def crm_account_inactivity():
     @task
     def find_and_transfer() -> dict:
         """List idle accounts, transfer them if the profile says so, plan the e-mails: one transaction."""
+        import datetime as dt
+
         from airflow.sdk.exceptions import AirflowFailException
 
         from crm.dag_helpers import business_date, ledger_routine, run_facts, staging_path, test_recipient
@@ -69,14 +72,21 @@ def crm_account_inactivity():
         try:
             test_to = test_recipient(params)
             plan = job.plan(
-                crm, engine_for(ERP_DB), bdate, params["profile"], sender=job.default_sender(), test_recipient=test_to
+                crm,
+                engine_for(ERP_DB),
+                bdate,
+                params["profile"],
+                sender=job.default_sender(),
+                timezone=SETTINGS["timezone"],
+                test_recipient=test_to,
             )
         except (ValueError, TemplateProblem) as exc:  # unknown profile, bad config or template: no retry helps
             raise AirflowFailException(str(exc)) from exc
         routine = ledger_routine(DAG_ID, test_to)
         applied = None
         if not params["dry_run"]:
-            applied = job.apply(crm, plan, routine=routine, run_id=facts["run_id"], changed_at=facts["run_after"])
+            # the write's own time: account_changes never lowers updated_at, so a later edit stays visible
+            applied = job.apply(crm, plan, routine=routine, run_id=facts["run_id"], changed_at=dt.datetime.now(dt.UTC))
         path = staging_path(DAG_ID, facts["run_id"]) / "inactive_accounts.parquet"
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("wb") as f:

@@ -23,6 +23,31 @@ def test_should_count_a_movement_exactly_period_days_ago_and_not_one_day_earlier
         inactivity.window(BD, 0)
 
 
+@pytest.mark.parametrize(
+    ("zone", "first_day", "last_day", "expected"),
+    [
+        # São Paulo, UTC-3 all year: local midnights are 03:00 UTC
+        ("America/Sao_Paulo", dt.date(2026, 8, 24), BD, (dt.datetime(2026, 8, 24, 3), dt.datetime(2026, 11, 23, 3))),
+        # Warsaw: the window opens on the day summer time starts (midnight still CET, UTC+1) and ends on the
+        # day it ends (the next midnight is CET again)
+        ("Europe/Warsaw", dt.date(2026, 3, 29), dt.date(2026, 10, 25),
+         (dt.datetime(2026, 3, 28, 23), dt.datetime(2026, 10, 25, 23))),
+        # Santiago skips 00:00 on 6 Sep 2026 (-04 -> -03 at midnight): the day starts at 01:00 -03 = 04:00 UTC
+        ("America/Santiago", dt.date(2026, 9, 6), dt.date(2026, 9, 6),
+         (dt.datetime(2026, 9, 6, 4), dt.datetime(2026, 9, 7, 3))),
+        ("UTC", dt.date(2026, 8, 24), BD, (dt.datetime(2026, 8, 24), dt.datetime(2026, 11, 23))),
+    ],
+)  # fmt: skip
+def test_should_bound_the_window_by_local_midnights_in_utc(zone, first_day, last_day, expected):
+    assert inactivity.window_instants(first_day, last_day, zone) == expected
+
+
+def test_should_date_naive_utc_timestamps_in_the_local_day():
+    stamps = pd.Series(["2026-08-24 02:59:59", "2026-08-24 03:00:00", "2026-11-23 01:30:00"])
+    got = inactivity.local_dates(stamps, "America/Sao_Paulo")
+    assert [d.date() for d in got] == [dt.date(2026, 8, 23), dt.date(2026, 8, 24), dt.date(2026, 11, 22)]
+
+
 def test_should_monitor_only_active_accounts_that_existed_for_the_whole_window():
     accounts = pd.DataFrame({
         "account_id": [4, 1, 2, 3],
@@ -100,7 +125,7 @@ def crm(request, tmp_path):
 
 def test_should_transfer_with_history_and_plan_one_email_per_user_in_one_transaction(crm):
     _crm(crm, transfer_to=[3, 4], notify=[1, 2, 3])
-    plan = job.plan(crm, None, BD, "P90", sender="crm@example.com")
+    plan = job.plan(crm, None, BD, "P90", sender="crm@example.com", timezone="UTC")
     assert plan.listing["account_id"].tolist() == [2, 3, 4, 5]  # 1 moved on the window's first day
     assert plan.changes["new_value"].tolist() == [3, 4, 3, 4]
     states = {it.recipient: (it.state, it.reason) for it in plan.items}
@@ -121,7 +146,7 @@ def test_should_transfer_with_history_and_plan_one_email_per_user_in_one_transac
     assert [tuple(h) for h in hist] == [(2, "2", "3"), (3, "2", "4"), (4, "2", "3"), (5, "2", "4")]
     assert {r[1] for r in ledger_rows} == {"inactivity P90 / 2026-11-22"} and len(ledger_rows) == 3
 
-    again = job.plan(crm, None, BD, "P90", sender="crm@example.com")  # a re-run of the date
+    again = job.plan(crm, None, BD, "P90", sender="crm@example.com", timezone="UTC")  # a re-run of the date
     assert again.changes.empty and again.listing["transferred"].all()
     assert again.listing["previous_owner_id"].tolist() == [2, 2, 2, 2]
     result = job.apply(crm, again, routine=job.DAG_ID, run_id="r2", changed_at=dt.datetime(2026, 11, 22, 10))
@@ -144,9 +169,36 @@ def test_should_skip_users_without_email_or_without_accounts(crm):
     _crm(crm, transfer_to=[3], notify=[1, 4, 77])
     with crm.begin() as conn:
         conn.execute(sa.update(user).where(user.c.id == 1).values(email=None))
-    plan = job.plan(crm, None, BD, "P90", sender="crm@example.com")
+    plan = job.plan(crm, None, BD, "P90", sender="crm@example.com", timezone="UTC")
     assert sorted((it.recipient, it.state, it.reason) for it in plan.items) == [
         ("t2@example.com", "skipped", "no accounts concerned"),
         ("user 1", "skipped", "no e-mail address"),
         ("user 77", "skipped", "unknown user"),
     ]
+
+
+def test_should_count_movement_by_the_local_day_of_the_routine_timezone(crm):
+    """São Paulo is UTC-3: the 90-day window of 22 Nov is 24 Aug 03:00 UTC .. 23 Nov 03:00 UTC (exclusive)."""
+    _crm(crm, transfer_to=[3], notify=[1])
+    with crm.begin() as conn:
+        conn.execute(sa.delete(activity))
+        conn.execute(sa.insert(account), [
+            {"id": 6, "company_id": 1, "person_type": "PF", "name": "A6", "owner_id": 2,  # 23 Aug 23:00 local
+             "created_at": dt.datetime(2026, 8, 24, 2, 0), "updated_at": dt.datetime(2026, 8, 24, 2, 0)},
+            {"id": 7, "company_id": 1, "person_type": "PF", "name": "A7", "owner_id": 2,  # 24 Aug 22:00 local
+             "created_at": dt.datetime(2026, 8, 25, 1, 0), "updated_at": dt.datetime(2026, 8, 25, 1, 0)},
+        ])  # fmt: skip
+        conn.execute(sa.insert(activity), [
+            {"account_id": 1, "kind": "call", "occurred_at": dt.datetime(2026, 11, 23, 1, 30)},  # 22 Nov 22:30: in
+            {"account_id": 2, "kind": "call", "occurred_at": dt.datetime(2026, 11, 23, 3, 0)},  # 23 Nov 00:00: out
+            {"account_id": 3, "kind": "call", "occurred_at": dt.datetime(2026, 8, 24, 2, 30)},  # 23 Aug 23:30: out
+            {"account_id": 4, "kind": "call", "occurred_at": dt.datetime(2026, 8, 24, 3, 0)},  # 24 Aug 00:00: in
+            {"account_id": 5, "kind": "call", "occurred_at": dt.datetime(2026, 11, 23, 2, 59, 59)},  # 23:59:59: in
+        ])  # fmt: skip
+    plan = job.plan(crm, None, BD, "P90", sender="crm@example.com", timezone="America/Sao_Paulo")
+    # 6 was created on 23 Aug local (monitored); 7 on 24 Aug local, the window's first day (monitored too)
+    assert plan.listing["account_id"].tolist() == [2, 3, 6, 7]
+    assert plan.monitored == 7
+    utc = job.plan(crm, None, BD, "P90", sender="crm@example.com", timezone="UTC")
+    # the same rows read in UTC days: 1 and 5 moved on 23 Nov, 3 on 24 Aug; 7 was created on 25 Aug
+    assert utc.listing["account_id"].tolist() == [1, 2, 5, 6] and utc.monitored == 6

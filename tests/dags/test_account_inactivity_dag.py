@@ -22,15 +22,18 @@ DAG_ID = "crm_account_inactivity"
 TZ = "America/Sao_Paulo"
 BD = dt.date(2026, 11, 22)
 REPORT_TO = "ops@example.com"
+# CRM timestamps are naive UTC; the routine counts days in America/Sao_Paulo, UTC-3 all year (no DST since 2019)
 IDLE_SQL = """
 SELECT a.id FROM crm_account a
-WHERE a.active = 1 AND date(a.created_at) <= :start
+WHERE a.active = 1 AND date(a.created_at, '-3 hours') <= :start
   AND NOT EXISTS (SELECT 1 FROM crm_activity x WHERE x.account_id = a.id
-                  AND date(x.occurred_at) BETWEEN :start AND :bd)
+                  AND date(x.occurred_at, '-3 hours') BETWEEN :start AND :bd)
   AND NOT EXISTS (SELECT 1 FROM crm_opportunity x WHERE x.account_id = a.id
-                  AND (date(x.opened_at) BETWEEN :start AND :bd OR date(x.closed_at) BETWEEN :start AND :bd))
+                  AND (date(x.opened_at, '-3 hours') BETWEEN :start AND :bd
+                       OR date(x.closed_at, '-3 hours') BETWEEN :start AND :bd))
   AND (:tickets = 0 OR NOT EXISTS (SELECT 1 FROM crm_ticket x WHERE x.account_id = a.id
-                  AND (date(x.opened_at) BETWEEN :start AND :bd OR date(x.closed_at) BETWEEN :start AND :bd)))
+                  AND (date(x.opened_at, '-3 hours') BETWEEN :start AND :bd
+                       OR date(x.closed_at, '-3 hours') BETWEEN :start AND :bd)))
   AND NOT EXISTS (SELECT 1 FROM erp.invoice i WHERE i.customer_code = a.erp_customer_code AND NOT i.cancelled
                   AND i.issue_date BETWEEN :start AND :bd)
 ORDER BY a.id

@@ -158,11 +158,20 @@ def load_profile(crm: Engine | Connection, code: str) -> Profile:
 
 
 def moved_accounts(
-    crm: Engine | Connection, erp: Engine | None, profile: Profile, window_start: dt.date, business_date: dt.date
+    crm: Engine | Connection,
+    erp: Engine | None,
+    profile: Profile,
+    window_start: dt.date,
+    business_date: dt.date,
+    *,
+    timezone: str,
 ) -> set[int]:
-    """Accounts with a counted movement in the window (timestamps compared by their date, both ends included)."""
-    lo = dt.datetime.combine(window_start, dt.time())
-    hi = dt.datetime.combine(business_date + dt.timedelta(days=1), dt.time())
+    """Accounts with a counted movement in the window: its days in `timezone`, both ends included.
+
+    CRM timestamps are naive UTC, so the bounds are the window's local midnights in UTC
+    (`inactivity.window_instants`); ERP purchases are dated, compared by their date.
+    """
+    lo, hi = inactivity.window_instants(window_start, business_date, timezone)
 
     def within(col: Any) -> Any:
         return and_(col >= lo, col < hi)
@@ -188,7 +197,7 @@ def moved_accounts(
     return moved
 
 
-def _accounts(conn: Connection) -> pd.DataFrame:
+def _accounts(conn: Connection, timezone: str) -> pd.DataFrame:
     stmt = select(
         account.c.id.label("account_id"),
         account.c.name,
@@ -200,7 +209,7 @@ def _accounts(conn: Connection) -> pd.DataFrame:
         account.c.created_at,
     ).order_by(account.c.id)
     frame = pd.DataFrame(conn.execute(stmt).all(), columns=list(stmt.selected_columns.keys()))
-    frame["created_on"] = pd.to_datetime(frame["created_at"]).dt.normalize()
+    frame["created_on"] = inactivity.local_dates(frame["created_at"], timezone)
     frame["owner_id"] = frame["owner_id"].astype("Int64")
     frame["erp_customer_code"] = frame["erp_customer_code"].astype("Int64")
     return frame.drop(columns="created_at")
@@ -224,13 +233,13 @@ def _users(conn: Connection) -> pd.DataFrame:
 
 
 def build_listing(
-    crm: Engine | Connection, erp: Engine | None, profile: Profile, business_date: dt.date
+    crm: Engine | Connection, erp: Engine | None, profile: Profile, business_date: dt.date, *, timezone: str
 ) -> tuple[pd.DataFrame, pd.DataFrame, int, pd.DataFrame]:
-    """(listing of the inactive accounts, owner changes to make, accounts monitored, users)."""
+    """(listing of the inactive accounts, owner changes to make, accounts monitored, users); days in `timezone`."""
     window_start, _ = inactivity.window(business_date, profile.period_days)
-    moved = moved_accounts(crm, erp, profile, window_start, business_date)
+    moved = moved_accounts(crm, erp, profile, window_start, business_date, timezone=timezone)
     with _connect(crm) as conn:
-        accounts = _accounts(conn)
+        accounts = _accounts(conn, timezone)
         earlier = _earlier_transfers(conn, business_date)
         users = _users(conn)
     created = pd.to_datetime(accounts["created_on"])
@@ -269,14 +278,18 @@ def plan(
     profile_code: str,
     *,
     sender: str,
+    timezone: str,
     test_recipient: str | None = None,
     templates: Templates | None = None,
 ) -> InactivityPlan:
-    """Everything the run would do (changes, e-mails), computed and rendered; nothing written."""
+    """Everything the run would do (changes, e-mails), computed and rendered; nothing written.
+
+    `timezone`: the routine's (routines.yaml), whose days the window counts (the business date's zone).
+    """
     templates = templates or Templates("email")
     profile = load_profile(crm, profile_code)
     window_start, _ = inactivity.window(business_date, profile.period_days)
-    listing, changes, monitored, users = build_listing(crm, erp, profile, business_date)
+    listing, changes, monitored, users = build_listing(crm, erp, profile, business_date, timezone=timezone)
     notified = users.loc[[u for u in profile.notify if u in users.index]]
     templates.check(profile.email_template, sorted({loc or "" for loc in notified["locale"]}))
     key = business_key(profile.code, business_date)

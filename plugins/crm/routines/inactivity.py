@@ -4,6 +4,11 @@ Definitions, in one place so the job, the e-mails and the tests agree:
 
 - the **window** of a profile on a business date is `[business_date - period_days, business_date]`, both days
   included: a movement exactly `period_days` days ago still counts (the account becomes inactive the day after);
+- days are the routine's **timezone**'s (routines.yaml), like the business date: CRM timestamps are stored as
+  naive UTC, so the window runs from local midnight of its first day to local midnight after its last day,
+  converted to UTC (`window_instants`); a call at 22:30 in São Paulo on the window's last day (01:30 UTC the
+  next day) counts, one at 23:30 the day before its first day (02:30 UTC on that first day) does not. An
+  account's creation day is also its local day (`local_dates`);
 - an account is **monitored** when it is active and existed for the whole window (created on or before its
   first day): an account opened last week is new, not idle;
 - an account is **inactive** when it is monitored and has no counted movement in the window;
@@ -16,9 +21,12 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable, Sequence
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
+
+from crm.routines.reminders import to_instant
 
 
 def window(business_date: dt.date, period_days: int) -> tuple[dt.date, dt.date]:
@@ -26,6 +34,24 @@ def window(business_date: dt.date, period_days: int) -> tuple[dt.date, dt.date]:
     if period_days <= 0:
         raise ValueError("period_days must be positive")
     return business_date - dt.timedelta(days=int(period_days)), business_date
+
+
+def window_instants(window_start: dt.date, business_date: dt.date, timezone: str) -> tuple[dt.datetime, dt.datetime]:
+    """The window as naive-UTC instants [lo, hi): local midnight of its first day to local midnight after its last.
+
+    Naive UTC because that is how the CRM stores timestamps; a midnight that does not exist (a DST change at
+    00:00) is the first instant of that day.
+    """
+    tz = ZoneInfo(timezone)
+    lo = to_instant(dt.datetime.combine(window_start, dt.time()), tz)
+    hi = to_instant(dt.datetime.combine(business_date + dt.timedelta(days=1), dt.time()), tz)
+    return lo.replace(tzinfo=None), hi.replace(tzinfo=None)
+
+
+def local_dates(naive_utc: pd.Series, timezone: str) -> pd.Series:
+    """The local calendar day (a midnight Timestamp) of each naive-UTC timestamp, in `timezone`."""
+    stamps = pd.to_datetime(naive_utc)
+    return stamps.dt.tz_localize("UTC").dt.tz_convert(timezone).dt.tz_localize(None).dt.normalize()
 
 
 def inactive_accounts(accounts: pd.DataFrame, moved: Iterable[int], window_start: dt.date) -> pd.DataFrame:
