@@ -66,7 +66,7 @@ def crm_birthday_greetings():
         """Find today's birthdays, render each message, write the ledger rows (nothing is sent here)."""
         from airflow.sdk.exceptions import AirflowFailException
 
-        from crm.dag_helpers import business_date, ledger_routine, run_facts, test_recipient
+        from crm.dag_helpers import business_date, ledger_routine, notify_to, run_facts, test_recipient
         from crm.db import CRM_DB, engine_for
         from crm.jobs import birthday
         from crm.notify import ledger
@@ -77,6 +77,7 @@ def crm_birthday_greetings():
         bdate = business_date(ctx, SETTINGS["timezone"])
         crm = engine_for(CRM_DB)
         try:
+            notify_to(params)  # a malformed report address fails the run now, not at its end
             test_to = test_recipient(params)
             plan = birthday.plan_birthdays(
                 crm, bdate, template=params["template"], subject=params["subject"], test_recipient=test_to

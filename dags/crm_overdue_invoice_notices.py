@@ -114,7 +114,7 @@ def crm_overdue_invoice_notices():
         """Find the partners with overdue invoices and their contacts, render, write the ledger (no sending)."""
         from airflow.sdk.exceptions import AirflowFailException
 
-        from crm.dag_helpers import business_date, ledger_routine, run_facts, test_recipient
+        from crm.dag_helpers import business_date, ledger_routine, notify_to, run_facts, test_recipient
         from crm.db import CRM_DB, ERP_DB, engine_for
         from crm.jobs import overdue
         from crm.notify import ledger
@@ -125,6 +125,7 @@ def crm_overdue_invoice_notices():
         bdate = business_date(ctx, SETTINGS["timezone"])
         crm = engine_for(CRM_DB)
         try:
+            notify_to(params)  # a malformed report address fails the run now, not at its end
             test_to = test_recipient(params)
             options = overdue.Options.from_params(params, test_to)
             plan = overdue.plan_notices(crm, engine_for(ERP_DB), bdate, options, requested_by=facts["requested_by"])

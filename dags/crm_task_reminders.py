@@ -69,7 +69,7 @@ def crm_task_reminders():
         import pendulum
         from airflow.sdk.exceptions import AirflowFailException
 
-        from crm.dag_helpers import business_date, ledger_routine, run_facts, test_recipient
+        from crm.dag_helpers import business_date, ledger_routine, notify_to, run_facts, test_recipient
         from crm.db import CRM_DB, engine_for
         from crm.jobs import task_reminders as job
         from crm.notify.sms import normalise_phone
@@ -81,6 +81,7 @@ def crm_task_reminders():
         bdate = business_date(ctx, SETTINGS["timezone"])
         end = pendulum.instance(ctx.get("logical_date") or ctx["dag_run"].run_after).in_tz("UTC")
         try:
+            notify_to(params)  # a malformed report address fails the run now, not at its end
             test_to = test_recipient(params)
             test_phone = normalise_phone(params["test_phone"]) if params["test_phone"] else None
             if params["test_phone"] and test_phone is None:

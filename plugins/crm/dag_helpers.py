@@ -16,6 +16,10 @@ import pendulum
 from crm.config import VAR_DIR, routine_settings
 
 EMAIL_RE = re.compile(r"^[^@\s,;<>]+@[^@\s,;<>]+\.[^@\s,;<>]+$")
+# The notify_to Param's schema: empty, or addresses as EMAIL_RE has them, separated by commas, semicolons or spaces
+ADDRESS_LIST_PATTERN = r"^[\s,;]*([^@\s,;<>]+@[^@\s,;<>]+\.[^@\s,;<>]+([\s,;]+|$))*$"
+# An exception carrying this attribute (true) was raised after the run's row was written: nothing to add
+RECORDED_ATTR = "crm_run_recorded"
 
 
 def default_args(dag_id: str) -> dict[str, Any]:
@@ -45,7 +49,9 @@ def common_params() -> dict[str, Any]:
             type="string",
             title="Send the run summary to",
             description="E-mail address(es), comma-separated. Empty: the triggering user's CRM e-mail, "
-            "else the routine's recipients from routines.yaml.",
+            "else the routine's recipients from routines.yaml. A malformed address is refused.",
+            maxLength=1000,
+            pattern=ADDRESS_LIST_PATTERN,
         ),
     }
 
@@ -71,7 +77,7 @@ def run_facts(context: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def parse_addresses(value: str | list[str] | None) -> list[str]:
+def parse_addresses(value: str | list[str] | None, param: str | None = None) -> list[str]:
     """Addresses from a Param: a comma/semicolon separated string or a list; a malformed one is an error."""
     if not value:
         return []
@@ -79,13 +85,22 @@ def parse_addresses(value: str | list[str] | None) -> list[str]:
     out = [a.strip() for a in items if a and a.strip()]
     bad = [a for a in out if not EMAIL_RE.match(a)]
     if bad:
-        raise ValueError(f"not an e-mail address: {', '.join(bad)}")
+        raise ValueError(f"{param + ': ' if param else ''}not an e-mail address: {', '.join(bad)}")
     return out
 
 
+def notify_to(params: Mapping[str, Any]) -> list[str]:
+    """The notify_to Param's addresses. Malformed: ValueError, for the run's first task to fail on at once,
+    rather than the report silently going to someone else at the end."""
+    return parse_addresses(params.get("notify_to"), "notify_to")
+
+
 def resolve_recipients(dag_id: str, notify_to: str | list[str] | None, requested_by: str | None, crm: Any) -> list[str]:
-    """Who gets the run summary: the notify_to Param, else the requester's CRM e-mail, else routines.yaml."""
-    explicit = parse_addresses(notify_to)
+    """Who gets the run summary: the notify_to Param, else the requester's CRM e-mail, else routines.yaml.
+
+    A malformed notify_to raises (ValueError): falling back would mail the report to someone else.
+    """
+    explicit = parse_addresses(notify_to, "notify_to")
     if explicit:
         return explicit
     if requested_by:
@@ -117,33 +132,34 @@ def record_failure(context: Mapping[str, Any]) -> None:
     """A task failed for good: mark the run failed in crm_routine_run with the first error.
 
     Runs in the worker after the last retry. The e-mail goes out from the run's report task
-    (trigger rule all_done), which reads this row. It must never raise: a broken callback would
-    hide the original error, so its own problems are only logged.
+    (trigger rule all_done), which reads this row. A failure the report task raised after writing
+    the row itself (the report e-mail not delivered, the upstream failure it re-raises) adds
+    nothing: a report that did not go out must not make a committed run look failed. It must
+    never raise: a broken callback would hide the original error, so its own problems are only logged.
     """
     import logging
 
     log = logging.getLogger(__name__)
+    error = context.get("exception")
+    if getattr(error, RECORDED_ATTR, False):
+        return
     try:
         from crm.db import CRM_DB, engine_for
-        from crm.runs import finish_run
+        from crm.runs import note_failure
 
         dag_id = context["dag"].dag_id
         settings = routine_settings(dag_id)
         facts = run_facts(context)
-        error = context.get("exception")
-        finish_run(
+        note_failure(
             engine_for(CRM_DB),
             dag_id=dag_id,
             run_id=facts["run_id"],
             business_date=business_date(context, settings["timezone"]),
-            status="failed",
             started_at=facts["started_at"],
             finished_at=dt.datetime.now(dt.UTC),
             requested_by=facts["requested_by"],
-            summary={
-                "failed_task": context["task_instance"].task_id,
-                "error": f"{type(error).__name__}: {error}" if error else "unknown error (see the task log)",
-            },
+            failed_task=context["task_instance"].task_id,
+            error=f"{type(error).__name__}: {error}" if error else "unknown error (see the task log)",
         )
     except Exception:
         log.exception("could not record the failure of this run in crm_routine_run")
@@ -231,10 +247,8 @@ def send_report(
     failed = upstream_failures(context, upstream)
     crm = engine_for(CRM_DB)
     params = context.get("params") or {}
-    try:
-        to = resolve_recipients(dag_id, params.get("notify_to"), facts["requested_by"], crm)
-    except ValueError:
-        to = resolve_recipients(dag_id, None, facts["requested_by"], crm)
+    # a malformed notify_to fails here too (no fallback: the report must not go to someone else silently)
+    to = resolve_recipients(dag_id, params.get("notify_to"), facts["requested_by"], crm)
     extra = dict(summary or {})
     if failed:
         extra["failed_steps"] = failed
@@ -259,7 +273,9 @@ def send_report(
     if failed:
         from airflow.sdk.exceptions import AirflowFailException
 
-        raise AirflowFailException(f"step(s) {', '.join(failed)} failed: {stored.get('error', 'see their logs')}")
+        exc = AirflowFailException(f"step(s) {', '.join(failed)} failed: {stored.get('error', 'see their logs')}")
+        setattr(exc, RECORDED_ATTR, True)  # the row already says failed, with the step's own error
+        raise exc
     return stored
 
 

@@ -99,6 +99,11 @@ def naive_utc(value: dt.datetime | None) -> dt.datetime | None:
     return value
 
 
+# What one attempt of a run says about itself: an earlier attempt's values are history, not this one's.
+ATTEMPT_KEYS = ("error", "failed_task", "failed_steps", "report")
+HISTORY_KEY = "earlier_attempts"
+
+
 def finish_run(
     db: Engine,
     *,
@@ -112,33 +117,119 @@ def finish_run(
     notify_to: list[str] | None = None,
     summary: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Close the run's row, keeping what earlier tasks recorded (scope, watermark, their summary keys).
+    """Close the run's row for this attempt, keeping what earlier tasks recorded (scope, watermark, their keys).
 
-    Returns the merged summary. An error recorded earlier (by the failure callback) is kept.
+    The status given is the run's: the report task judges this attempt's upstream tasks, so a run
+    cleared and re-run successfully becomes `success` again. What an earlier attempt said (its
+    status, failed task, error, report delivery) moves to `earlier_attempts` in the summary; an
+    error recorded during this attempt (by `note_failure`) is kept. Returns the merged summary.
     """
     with write_transaction(db) as conn:
-        row = (
-            conn.execute(select(routine_run).where(routine_run.c.dag_id == dag_id, routine_run.c.run_id == run_id))
-            .mappings()
-            .first()
-        )
+        row = _row(conn, dag_id, run_id)
         earlier = json.loads(row["summary"] or "{}") if row else {}
-        merged = {**earlier, **(summary or {})}
-        for key in ("error", "failed_task"):
-            if key in earlier:
-                merged[key] = earlier[key]
-        record_run(
-            conn,
-            dag_id=dag_id,
-            run_id=run_id,
-            business_date=business_date,
-            status="failed" if status == "failed" or (row and row["status"] == "failed") else status,
-            started_at=started_at,
-            finished_at=finished_at,
-            scope=row["scope"] if row else "all",
-            requested_by=requested_by,
-            notify_to=notify_to,
-            watermark=row["watermark"] if row else None,
-            summary=merged,
-        )
+        # a closed attempt, or errors a successful attempt cannot have had, are history
+        new_attempt = row is not None and (_closed(earlier) or status != "failed")
+        merged = _start_attempt(row, earlier) if new_attempt else dict(earlier)
+        # the first error of this attempt (recorded by note_failure) wins
+        merged.update({k: v for k, v in (summary or {}).items() if not (k in ("error", "failed_task") and k in merged)})
+        _write(conn, row, dag_id, run_id, business_date, status, started_at, finished_at, requested_by, notify_to,
+               merged)  # fmt: skip
     return merged
+
+
+def note_failure(
+    db: Engine,
+    *,
+    dag_id: str,
+    run_id: str,
+    business_date: dt.date,
+    started_at: dt.datetime,
+    finished_at: dt.datetime,
+    failed_task: str,
+    error: str,
+    requested_by: str | None = None,
+) -> dict[str, Any]:
+    """A task of the run failed for good: the row says `failed` with this attempt's first error.
+
+    A row already closed by a report belongs to an earlier attempt (the run was cleared): its
+    outcome moves to `earlier_attempts` and this failure starts the new attempt's record.
+    """
+    with write_transaction(db) as conn:
+        row = _row(conn, dag_id, run_id)
+        earlier = json.loads(row["summary"] or "{}") if row else {}
+        merged = _start_attempt(row, earlier) if row and _closed(earlier) else dict(earlier)
+        merged.setdefault("failed_task", failed_task)
+        merged.setdefault("error", error)
+        _write(conn, row, dag_id, run_id, business_date, "failed", started_at, finished_at, requested_by,
+               json.loads(row["notify_to"] or "[]") if row else None, merged)  # fmt: skip
+    return merged
+
+
+def note_report(db: Engine, *, dag_id: str, run_id: str, note: str) -> None:
+    """Record how the run's report fared (`summary.report`), leaving the run's status alone.
+
+    A report that could not be e-mailed does not undo a load that committed: the row keeps its
+    status (and watermark), and says "not delivered" here.
+    """
+    with write_transaction(db) as conn:
+        row = _row(conn, dag_id, run_id)
+        if row is None:
+            return
+        summary = json.loads(row["summary"] or "{}")
+        summary["report"] = note
+        conn.execute(
+            routine_run.update()
+            .where(routine_run.c.id == row["id"])
+            .values(summary=json.dumps(summary, default=str, sort_keys=True))
+        )
+
+
+def _row(conn: Connection, dag_id: str, run_id: str) -> Any:
+    stmt = select(routine_run).where(routine_run.c.dag_id == dag_id, routine_run.c.run_id == run_id)
+    return conn.execute(stmt).mappings().first()
+
+
+def _closed(summary: dict[str, Any]) -> bool:
+    """A report task finished this attempt (delivered or not): whatever comes next is a new attempt."""
+    return "report" in summary
+
+
+def _start_attempt(row: Any, earlier: dict[str, Any]) -> dict[str, Any]:
+    """The earlier summary without its attempt's own keys, which are appended to `earlier_attempts`."""
+    merged = {k: v for k, v in earlier.items() if k not in ATTEMPT_KEYS}
+    past = {k: earlier[k] for k in ATTEMPT_KEYS if earlier.get(k)}
+    troubled = row["status"] == "failed" or "error" in past or not str(past.get("report", "sent")).startswith("sent")
+    if troubled:  # a clean earlier attempt (a plain re-run) is not worth a history line
+        finished = row["finished_at"]
+        entry = {"status": row["status"], "finished_at": finished.isoformat() if finished else None, **past}
+        merged[HISTORY_KEY] = [*(earlier.get(HISTORY_KEY) or []), entry]
+    return merged
+
+
+def _write(
+    conn: Connection,
+    row: Any,
+    dag_id: str,
+    run_id: str,
+    business_date: dt.date,
+    status: str,
+    started_at: dt.datetime,
+    finished_at: dt.datetime,
+    requested_by: str | None,
+    notify_to: list[str] | None,
+    summary: dict[str, Any],
+) -> None:
+    record_run(
+        conn,
+        dag_id=dag_id,
+        run_id=run_id,
+        business_date=business_date,
+        status=status,
+        started_at=started_at,
+        finished_at=finished_at,
+        scope=row["scope"] if row else "all",
+        requested_by=requested_by,
+        notify_to=notify_to,
+        watermark=row["watermark"] if row else None,
+        summary=summary,
+    )

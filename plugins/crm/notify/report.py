@@ -4,6 +4,11 @@ Counts come from the ledger rows of this run (planned, sent, skipped by reason, 
 plus what the routine's own steps reported; the first few errors are quoted; every ledger row of
 the run is attached as CSV so the requester can answer "did Maria get hers?" without SQL.
 The report itself is not a ledger notification: a re-run of the report task sends it again.
+
+The run's row is written before the e-mail goes out, with the run's own status; how the e-mail
+fared is noted apart (`summary.report`: "sent to ...", or "not delivered ..."). A report that
+cannot be e-mailed fails the report task (`ReportNotDelivered`, so Airflow shows it and retries
+it) but does not turn a run whose data and watermark were committed into a failed one.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from sqlalchemy import Engine
 from crm.notify import ledger
 from crm.notify.email import Attachment, SmtpChannel, build_message
 from crm.notify.templates import Templates, render
-from crm.runs import finish_run
+from crm.runs import finish_run, note_report
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +49,13 @@ CSV_COLUMNS = (
 )
 MAX_ERRORS = 5
 FALLBACK_SENDER = "crm-batch@localhost"
+
+
+class ReportNotDelivered(RuntimeError):
+    """The run is recorded (its data committed), but its report e-mail did not go out."""
+
+    # the run's row already says so: the failure callback must not mark the run itself failed
+    crm_run_recorded = True
 
 
 def ledger_section(crm: Engine, routines: Sequence[str], run_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -137,20 +149,46 @@ def run_report(
         notify_to=list(to),
         summary=merged_in,
     )
-    final_status = "failed" if status == "failed" or "error" in stored else status
     if not to:
         log.warning("run report: no recipient (notify_to Param, requester's e-mail, routines.yaml notify_to)")
+        stored["report"] = "not delivered: no recipient (notify_to Param, requester's e-mail, routines.yaml)"
+        note_report(crm, dag_id=dag_id, run_id=run_id, note=stored["report"])
         return stored
     fields = {
         "dag_id": dag_id,
         "run_id": run_id,
         "business_date": business_date.isoformat(),
-        "status": final_status,
+        "status": status,
         "summary": {k: v for k, v in stored.items() if k not in ("notifications", "first_errors", "samples")},
         "notifications": stored.get("notifications"),
         "errors": [e for e in [stored.get("error")] if e] + list(stored.get("first_errors") or []),
         "samples": list(samples),
     }
+    try:
+        subject = _email_report(fields, dag_id, business_date, to, rows, attachments, smtp_conn_id)
+    except Exception as exc:
+        stored["report"] = f"not delivered to {', '.join(to)}: {type(exc).__name__}: {exc}"
+        note_report(crm, dag_id=dag_id, run_id=run_id, note=stored["report"])
+        raise ReportNotDelivered(
+            f"the run report could not be e-mailed to {', '.join(to)}: {exc} (the run itself is recorded as "
+            f"{status!r} in crm_routine_run)"
+        ) from exc
+    stored["report"] = f"sent to {', '.join(to)}"
+    note_report(crm, dag_id=dag_id, run_id=run_id, note=stored["report"])
+    log.info("run report sent to %s: %s", ", ".join(to), subject)
+    return stored
+
+
+def _email_report(
+    fields: Mapping[str, Any],
+    dag_id: str,
+    business_date: dt.date,
+    to: Sequence[str],
+    rows: Sequence[Mapping[str, Any]],
+    attachments: Sequence[Attachment],
+    smtp_conn_id: str,
+) -> str:
+    """Render and send the report e-mail; returns its subject, raises if it did not go out."""
     templates = Templates("email")
     subject = " ".join(render(templates.load("run_report", "subject", None)[0], fields).split())
     text = render(templates.load("run_report", "txt", None)[0], fields)
@@ -165,6 +203,5 @@ def run_report(
         )
         outcome = channel.send(msg, env_from, rcpts)
     if outcome.state != "sent":
-        raise RuntimeError(f"the run report could not be e-mailed to {', '.join(to)}: {outcome.error}")
-    log.info("run report sent to %s: %s", ", ".join(to), subject)
-    return stored
+        raise RuntimeError(outcome.error or outcome.state)
+    return subject
