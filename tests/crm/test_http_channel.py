@@ -99,6 +99,26 @@ def test_should_expose_the_token_only_on_request(api):
         assert ch.settings == {"paths": {"send": "/v1/messages"}}
 
 
+def test_should_look_the_connection_up_once_per_open_not_per_request(api, monkeypatch):
+    from airflow.providers.http.hooks.http import HttpHook
+
+    lookups: list[str] = []
+    real = HttpHook.get_connection.__func__
+
+    def counting(cls, conn_id):
+        lookups.append(conn_id)
+        return real(cls, conn_id)
+
+    monkeypatch.setattr(HttpHook, "get_connection", classmethod(counting))
+    ch, _ = channel()
+    with ch:
+        opened = len(lookups)
+        for i in range(5):
+            assert ch.request("POST", "/v1/messages", json={"to": str(i)}, headers={"X-Token": ch.secret}).ok
+        assert len(lookups) == opened <= 2  # the session (HttpHook.get_conn) and the token, nothing per request
+    assert [r.headers["x-token"] for r in api.requests("/v1/messages")] == ["s3cret-token"] * 5
+
+
 def test_should_read_retry_after_as_seconds_or_http_date():
     assert retry_after_seconds("7") == 7.0
     assert retry_after_seconds(formatdate(1_000_030, usegmt=True), now=1_000_000) == pytest.approx(30, abs=1)

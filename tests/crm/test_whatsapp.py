@@ -68,6 +68,22 @@ def test_should_create_a_contact_with_the_bearer_token_and_return_its_id(api):
     assert "crm" not in req.headers  # the package's settings are not sent as headers
 
 
+def test_should_resolve_the_connection_once_per_batch_however_many_requests(api, monkeypatch):
+    from airflow.providers.http.hooks.http import HttpHook
+
+    lookups: list[str] = []
+    real = HttpHook.get_connection.__func__
+    monkeypatch.setattr(HttpHook, "get_connection", classmethod(lambda cls, cid: lookups.append(cid) or real(cls, cid)))
+    with client() as c:
+        opened = len(lookups)
+        list(c.templates())  # several pages
+        for i in range(3):
+            c.create_contact(name=f"C{i}", phone=f"+551198765432{i}", reference=f"account:{i}")
+    assert len(lookups) == opened <= 2
+    sent = api.server.requests()
+    assert len(sent) >= 8 and all(r.headers["authorization"] == f"Bearer {TOKEN}" for r in sent)
+
+
 def test_should_page_through_the_template_catalogue(api):
     catalogue = template_dicts()
     with client() as c:

@@ -81,6 +81,7 @@ class HttpChannel:
         self._sleep = sleep
         self._session: Any = None
         self._hook: Any = None
+        self._secret: str | None = None
         self.settings: dict[str, Any] = {}
         self.waited: list[float] = []  # every pause taken, for the log and the tests
 
@@ -100,6 +101,8 @@ class HttpChannel:
         if isinstance(settings, str):
             settings = jsonlib.loads(settings)
         self.settings = dict(settings or {})
+        # Resolved once per open(), not per request: under the Task SDK each lookup is a supervisor round trip.
+        self._secret = hook.get_connection(self.http_conn_id).password
         self._hook, self._session = hook, session
 
     def close(self) -> None:
@@ -109,8 +112,8 @@ class HttpChannel:
 
     @property
     def secret(self) -> str | None:
-        """The connection's password (an API token): for the caller to put where the API wants it, never logged."""
-        return self._hook.get_connection(self.http_conn_id).password if self._hook else None
+        """The connection's password (an API token), read at open(): for the caller to put where the API wants it."""
+        return self._secret
 
     def path(self, name: str, default: str) -> str:
         """An endpoint path from the connection's settings (`crm.paths.<name>`), else the default."""
