@@ -153,3 +153,62 @@ def test_should_name_the_file_when_a_type_changes_after_the_first_chunk(db, tmp_
     sql_dir = write(tmp_path, "x/laternull", "-- @column d date\nselect d from t order by rowid")
     with pytest.raises(ContractError, match=r"laternull\.sql: column 'd' \(date\): null value"):
         list(iter_frames(db, "x/laternull", chunk_rows=2, sql_dir=sql_dir))
+
+
+# A column without affinity keeps each value as written: what an ERP view or a CASE can hand back.
+BAD_VALUES = [
+    ("date", "'2026-01-02'", "5", r"got int value 5 at row 2"),
+    ("date", "'2026-01-02'", "'2026'", r"not an ISO 8601 date: '2026' at row 2"),
+    ("date", "'2026-01-02'", "''", r"not an ISO 8601 date: '' at row 2"),
+    ("int", "1", "2.7", r"got float value 2\.7 at row 2"),
+    ("float", "1.5", "'2.5'", r"got str value '2\.5' at row 2"),
+    ("bool", "1", "2", r"not a boolean \(0/1\): 2 at row 2"),
+    ("datetime", "'2026-01-02 03:04:05.000000'", "7", r"got int value 7 at row 2"),
+    ("str", "'x'", "42", r"got int value 42 at row 2"),
+]
+
+
+@pytest.mark.parametrize("arrow", ["1", "0"])
+@pytest.mark.parametrize("chunk_rows", [2, 500_000])
+@pytest.mark.parametrize(("typ", "good", "bad", "message"), BAD_VALUES)
+def test_should_check_every_value_and_name_the_bad_one_and_its_row(
+    tmp_path, monkeypatch, arrow, chunk_rows, typ, good, bad, message
+):
+    monkeypatch.setenv("CRM_SOURCES_ARROW", arrow)
+    eng = engine_from_url(f"sqlite:///{tmp_path}/untyped.db")
+    with eng.begin() as conn:
+        conn.exec_driver_sql("create table m (id integer primary key, v)")
+        conn.exec_driver_sql(f"insert into m values (1, {good}), (2, {good}), (3, {bad}), (4, {good})")
+    sql_dir = write(tmp_path, "x/bad", f"-- @column v {typ}\nselect v from m order by id")
+    if typ == "str" and arrow == "1":  # the documented exception: the ADBC driver hands the number as text
+        got = read_frame(eng, "x/bad", chunk_rows=chunk_rows, sql_dir=sql_dir)
+        assert got["v"].tolist() == ["x", "x", "42", "x"]
+        return
+    with pytest.raises(ContractError, match=rf"bad\.sql: column 'v' \({typ}\): {message}"):
+        list(iter_frames(eng, "x/bad", chunk_rows=chunk_rows, sql_dir=sql_dir))
+    # the same column without the bad row goes through, typed
+    sql_dir = write(tmp_path, "x/good", f"-- @column v {typ}\nselect v from m where id <> 3 order by id")
+    assert len(read_frame(eng, "x/good", chunk_rows=chunk_rows, sql_dir=sql_dir)) == 3
+
+
+def test_should_count_rows_across_list_parameter_batches(db, tmp_path, monkeypatch):
+    import crm.sources as sources
+
+    monkeypatch.setattr(sources, "_EXPANDING_BATCH", 2)
+    sql_dir = write(
+        tmp_path, "x/batches", "-- @column d date\n-- @param codes int[]\nselect d from t where code in :codes"
+    )
+    with pytest.raises(ContractError, match=r"column 'd' \(date\): null value at row 2"):
+        read_frame(db, "x/batches", {"codes": [1, 2, 3]}, sql_dir=sql_dir)
+
+
+def test_should_name_the_row_of_a_wrong_type_read_from_postgresql(pg_engine, tmp_path):
+    with pg_engine.begin() as conn:
+        conn.execute(sa.text("create table p (id int, label text)"))
+        conn.execute(sa.text("insert into p values (1, null), (2, '2.5')"))
+    sql_dir = write(tmp_path, "x/pgfloat", "-- @column label float?\nselect label from p order by id")
+    with pytest.raises(ContractError, match=r"pgfloat\.sql: column 'label' \(float\?\): got str value '2\.5' at row 1"):
+        read_frame(pg_engine, "x/pgfloat", sql_dir=sql_dir)
+    sql_dir = write(tmp_path, "x/pgdate", "-- @column d date\nselect id + 4 as d from p order by id")
+    with pytest.raises(ContractError, match=r"pgdate\.sql: column 'd' \(date\): got int value 5 at row 0"):
+        read_frame(pg_engine, "x/pgdate", sql_dir=sql_dir)
