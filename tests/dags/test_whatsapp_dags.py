@@ -113,10 +113,36 @@ def ledger(var: Path, routine_like: str) -> dict[str, tuple]:
     return {r[0]: r[1:] for r in rows}
 
 
+def assert_token_nowhere(token_log, capfd, airflow_db: Path, var: Path, *, dag_id: str, logged: str) -> None:
+    """The token is in no log line (ours or Airflow's, stdout/stderr), no XCom, no rendered field, no table.
+
+    `logged`: a line this run is known to have logged, so the scan provably looked where the logs are.
+    XCom and rendered template fields live in the Airflow metadata DB: this DAG must have rows there.
+    """
+    out, err = capfd.readouterr()
+    logs = token_log.getvalue() + out + err
+    assert logged in logs, f"{logged!r} was not logged where the scan looks"
+    assert TOKEN not in logs
+    for db in (Path(airflow_db), var / "crm.db"):
+        with sqlite3.connect(db) as conn:
+            tables = [t for (t,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+            for table in tables:
+                for r in conn.execute(f'SELECT * FROM "{table}"'):
+                    assert TOKEN not in repr(r), f"the token is stored in {db.name}.{table}"
+    with sqlite3.connect(airflow_db) as conn:
+        (xcoms,) = conn.execute("SELECT count(*) FROM xcom WHERE dag_id = ?", (dag_id,)).fetchone()
+        (rendered,) = conn.execute(
+            "SELECT count(*) FROM rendered_task_instance_fields WHERE dag_id = ?", (dag_id,)
+        ).fetchone()
+    assert xcoms > 0 and rendered > 0, (xcoms, rendered)
+
+
 # --------------------------------------------------------------------------------------------------
 # crm_whatsapp_contact_sync
 # --------------------------------------------------------------------------------------------------
-def test_should_send_each_contact_once_store_ids_and_update_changed_numbers(dagbag, demo, api):
+def test_should_send_each_contact_once_store_ids_and_update_changed_numbers(
+    dagbag, demo, api, token_log, capfd, airflow_db
+):
     mobiles = dict(query(demo, PRIMARY_MOBILE))
     synced = dict(query(demo, "SELECT account_id, phone_number FROM crm_external_id WHERE system = 'rd_conversas'"))
     to_create = {a: n for a, n in mobiles.items() if a not in synced}
@@ -126,6 +152,7 @@ def test_should_send_each_contact_once_store_ids_and_update_changed_numbers(dagb
     api.not_on_whatsapp.add(to_create[absent_account])
 
     seeded_ids = set(api.contacts)
+    api.server.inject("/v1/contacts", (429, {"Retry-After": "0"}))  # one retry: a logged line the token scan sees
     run = run_dag(dagbag, "crm_whatsapp_contact_sync", at(10), mode="batch")
     assert run.state == "success"
     created = {int(c["reference"].split(":")[1]): c for i, c in api.contacts.items() if i not in seeded_ids}
@@ -171,6 +198,8 @@ def test_should_send_each_contact_once_store_ids_and_update_changed_numbers(dagb
     assert run_dag(dagbag, "crm_whatsapp_contact_sync", at(10, 30), mode="batch").state == "success"
     again = api.server.requests()[before:]
     assert [r.body["phone"] for r in again] == [to_create[absent_account]]
+    assert_token_nowhere(token_log, capfd, airflow_db, demo, dag_id="crm_whatsapp_contact_sync",
+                         logged="POST /v1/contacts: HTTP 429")  # fmt: skip
 
 
 def test_should_send_nothing_in_a_dry_run_and_show_sample_contacts_in_the_report(dagbag, demo, api, smtp_sink):
@@ -288,17 +317,7 @@ def test_should_notify_exactly_the_bills_due_in_n_days_per_company_with_retries(
     assert run_dag(dagbag, "crm_whatsapp_due_notices", at(9, 30)).state == "success"
     assert len(api.server.requests("/v1/messages")) == before + 1  # only the not-on-WhatsApp bill is asked again
 
-    # the token appears in no log line, no XCom, no rendered field, no CRM table
-    out, err = capfd.readouterr()
-    assert "try 2 of 5" in token_log.getvalue() + out + err  # the retries were logged where we look
-    assert TOKEN not in token_log.getvalue() and TOKEN not in out and TOKEN not in err
-    for db in (airflow_db, demo / "crm.db"):
-        with sqlite3.connect(db) as conn:
-            tables = [t for (t,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
-            for table in tables:
-                for r in conn.execute(f'SELECT * FROM "{table}"'):
-                    assert TOKEN not in repr(r), f"the token is stored in {db.name}.{table}"
-    assert query(Path(airflow_db).parent, "SELECT count(*) FROM xcom", db=Path(airflow_db).name)[0][0] > 0
+    assert_token_nowhere(token_log, capfd, airflow_db, demo, dag_id="crm_whatsapp_due_notices", logged="try 2 of 5")
 
 
 def test_should_send_the_same_notices_grouped_or_per_company(
@@ -356,13 +375,14 @@ def expected_events(var: Path, since: str, until: str) -> dict[tuple[int, str], 
     return {(order_id, stage): (number, phone) for _, order_id, number, stage, phone in rows}
 
 
-def test_should_notify_configured_order_stages_once_each(dagbag, demo, api):
+def test_should_notify_configured_order_stages_once_each(dagbag, demo, api, token_log, capfd, airflow_db):
     sync_order_customers(demo)
     until = "2026-11-22 15:00:00.000000"  # 12:00 in São Paulo
     want = expected_events(demo, "2026-11-01 00:00:00", until)
     stages = {s for _, s in want}
     assert len(want) >= 3 and "shipped" in stages
 
+    api.server.inject("/v1/messages", 500)  # one retry: a logged line the token scan sees
     run = run_dag(dagbag, "crm_whatsapp_order_stages", at(12), since="2026-11-01T00:00:00")
     assert run.state == "success"
     got = {(m["template"]["parameters"][1], m["to"]) for m in api.messages}
@@ -396,18 +416,24 @@ def test_should_notify_configured_order_stages_once_each(dagbag, demo, api):
                              f"({PRIMARY_MOBILE}) m ON m.account_id = a.id"))[customer_code]  # fmt: skip
     assert [(m["template"]["name"], m["to"]) for m in new] == [("pedido_entregue", phone)]
     assert ledger(demo, "crm_whatsapp_order_stages")[f"order {order_id} / delivered"][0] == "sent"
+    assert_token_nowhere(token_log, capfd, airflow_db, demo, dag_id="crm_whatsapp_order_stages",
+                         logged="POST /v1/messages: HTTP 500")  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------------
 # crm_whatsapp_config
 # --------------------------------------------------------------------------------------------------
-def test_should_fetch_the_catalogue_page_by_page_and_replicate_a_configuration(dagbag, demo, api):
+def test_should_fetch_the_catalogue_page_by_page_and_replicate_a_configuration(
+    dagbag, demo, api, token_log, capfd, airflow_db
+):
     import math
 
+    api.server.inject("/v1/templates", 503)  # one retry: a logged line the token scan sees
     run = run_dag(dagbag, "crm_whatsapp_config", at(8), replicate_from="BR01", replicate_to=["BR03", "RO01"],
                   message_types=["due_carne", "order_stage:shipped"])  # fmt: skip
     assert run.state == "success"
-    pages = [r.query["page"][0] for r in api.server.requests("/v1/templates")]
+    pages = [r.query["page"][0] for r in api.server.deliveries("/v1/templates")]
+    assert len(api.server.requests("/v1/templates")) == len(pages) + 1
     assert pages == [str(p) for p in range(1, math.ceil(len(api.catalogue) / 4) + 1)]
     names = {n for (n,) in query(demo, "SELECT name FROM crm_whatsapp_template")}
     assert names == {t["name"] for t in api.catalogue}
@@ -425,3 +451,5 @@ def test_should_fetch_the_catalogue_page_by_page_and_replicate_a_configuration(d
     bad = run_dag(dagbag, "crm_whatsapp_config", at(8, 5), fetch_templates=False, replicate_from="BR01",
                   replicate_to=["ZZ99"])  # fmt: skip
     assert bad.state == "failed"
+    assert_token_nowhere(token_log, capfd, airflow_db, demo, dag_id="crm_whatsapp_config",
+                         logged="GET /v1/templates: HTTP 503")  # fmt: skip
