@@ -86,6 +86,21 @@ def expected(var: Path, day: dt.date = BD) -> dict[int, str]:
         return dict(conn.execute(sql, days).fetchall())
 
 
+SKIP_SQL = """
+SELECT CASE WHEN active = 0 THEN 'inactive account'
+            WHEN email IS NULL OR trim(email) = '' THEN 'no e-mail address'
+            WHEN opt_out_email = 1 THEN 'opted out of e-mail' END AS reason, count(*)
+FROM crm_account WHERE birth_date IS NOT NULL AND strftime('%m-%d', birth_date) = ?
+GROUP BY reason HAVING reason IS NOT NULL
+"""
+
+
+def skip_reasons(var: Path, day: dt.date = BD) -> dict[str, int]:
+    """How many of the day's birthday accounts must be skipped, per reason (in the job's order of checks)."""
+    with sqlite3.connect(var / "crm.db") as conn:
+        return dict(conn.execute(SKIP_SQL, (day.strftime("%m-%d"),)).fetchall())
+
+
 def ledger_rows(var: Path) -> list[dict]:
     with sqlite3.connect(var / "crm.db") as conn:
         conn.row_factory = sqlite3.Row
@@ -156,7 +171,14 @@ def test_should_greet_exactly_the_birthday_accounts_once_each_in_their_language(
     summary = json.loads(summary)
     assert status == "success"
     assert summary["notifications"]["sent"] == len(want)
-    assert summary["notifications"]["skipped_by_reason"]["opted out of e-mail"] >= 1
+    # every skip reason counted, each exactly as the accounts say
+    by_reason = skip_reasons(demo)
+    assert set(by_reason) == {"opted out of e-mail", "no e-mail address", "inactive account"}
+    assert summary["notifications"]["skipped_by_reason"] == by_reason
+    assert summary["notifications"]["skipped"] == sum(by_reason.values())
+    lines = report.get_body(("plain",)).get_content().splitlines()
+    for reason, n in by_reason.items():
+        assert f"  skipped, {reason}: {n}" in lines
 
 
 def test_should_send_nothing_twice_when_rerun_cleared_or_backfilled(dagbag, demo, smtp_sink):
@@ -262,7 +284,21 @@ def test_should_only_render_and_report_in_a_dry_run_and_redirect_with_test_recip
     # a real run afterwards still greets the real people: test sends are not recorded as theirs
     smtp_sink.clear()
     assert run_dag(dagbag).state == "success"
-    assert sorted(m["X-Envelope-To"] for m in greetings(smtp_sink)) == sorted(expected(demo).values())
+    real = greetings(smtp_sink)
+    assert sorted(m["X-Envelope-To"] for m in real) == sorted(expected(demo).values())
+    # ... under their own Message-IDs: a mail system that saw the test must not take the real one for it
+    test_ids = {m["X-CRM-Business-Key"]: m["Message-ID"] for m in tests}
+    real_ids = {m["X-CRM-Business-Key"]: m["Message-ID"] for m in real}
+    assert test_ids.keys() == real_ids.keys()
+    assert all(test_ids[k] != real_ids[k] for k in real_ids)
+    account = by_short_name(demo, "pt")
+    assert real_ids[f"account {account} / {BD}"].startswith(f"<birthday.{account}.{BD}@")
+
+
+def test_should_fail_at_once_on_a_malformed_notify_to_and_mail_nobody(dagbag, demo, smtp_sink):
+    with pytest.raises(Exception, match=r"Invalid input for param notify_to: 'ops@example\.com, ops-at-example\.com'"):
+        run_dag(dagbag, notify_to="ops@example.com, ops-at-example.com")
+    assert smtp_sink.messages() == [] and ledger_rows(demo) == []
 
 
 SEND_SCRIPT = """

@@ -67,11 +67,17 @@ def email_payload(
     test_recipient: str | None = None,
     headers: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The ledger payload of one e-mail; with `test_recipient`, it goes there only (originals in a header)."""
+    """The ledger payload of one e-mail; with `test_recipient`, it goes there only (originals in a header).
+
+    A test send is ledgered under `<routine>:test` and gets its own Message-ID: with the real
+    message's id, mail systems that saw the test would thread the real one with it or drop it.
+    """
     hdrs = dict(headers or {})
     if test_recipient:
         hdrs["X-CRM-Test-Original-To"] = ", ".join([*to, *cc, *bcc])
         to, cc, bcc = [test_recipient], [], []
+        local, _, domain = message_id.strip().strip("<>").rpartition("@")
+        message_id = f"<{local}.test@{domain}>" if local else f"<{domain}.test>"
     payload = {
         "from": sender,
         "from_name": sender_name,
