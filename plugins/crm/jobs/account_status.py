@@ -142,7 +142,11 @@ def plan(
 
 
 def apply(crm: Engine, status_plan: StatusPlan, *, run_id: str, changed_at: dt.datetime) -> dict[str, Any]:
-    """Write the planned changes and their history rows in one transaction; returns counts per field."""
+    """Write the planned changes and their history rows in one transaction; returns counts per field.
+
+    Informational fields: `crm_account.updated_at` is left alone (crm.jobs.account_changes), so a
+    million status changes do not make the next ERP account sync re-check a million accounts.
+    """
     started = time.perf_counter()
     counts = apply_changes(
         crm,

@@ -284,7 +284,7 @@ def plan(
 
 
 def apply(crm: Engine, transition_plan: TransitionPlan, *, run_id: str, changed_at: dt.datetime) -> dict[str, Any]:
-    """Write the class changes and their history rows in one transaction."""
+    """Write the class changes and their history rows in one transaction (`updated_at` untouched: account_changes)."""
     started = time.perf_counter()
     counts = apply_changes(
         crm,
