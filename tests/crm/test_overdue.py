@@ -166,3 +166,61 @@ def test_should_write_dates_and_money_as_the_reader_does():
     assert P.pdf_date(day, "pl_PL") == "02.11.2026" == P.pdf_date("2026-11-02", "ro_RO")
     assert P.currency_of("pt_BR") == "BRL" and P.currency_of("pl_PL") == "PLN" and P.currency_of("ro_RO") == "RON"
     assert P.money(1234.5, "BRL", "pt_BR").replace("\xa0", " ") == "R$ 1.234,50"
+
+
+OFFERED_LOCALES = ["", "pt_BR", "pl_PL", "ro_RO"]  # the default files and every language the dunning speaks
+
+
+def _notice_fields(locale: str) -> dict:
+    import datetime as dt
+
+    import pandas as pd
+
+    from crm.jobs.overdue import email_fields, invoice_rows
+
+    recs = pd.DataFrame(
+        [
+            {"receivable_id": 7, "document_number": "NF-1001/1", "invoice_number": "1001", "invoice_id": 1,
+             "issue_date": "2026-09-01", "due_date": "2026-10-01", "amount": 1234.5, "paid_amount": 0.0,
+             "payment_method": "boleto", "bearer": ""},
+            {"receivable_id": 8, "document_number": "NF-1002/2", "invoice_number": "1002", "invoice_id": 2,
+             "issue_date": "2026-09-15", "due_date": "2026-11-01", "amount": 99.9, "paid_amount": 9.9,
+             "payment_method": "pix", "bearer": ""},
+        ]
+    )  # fmt: skip
+    currency = P.currency_of(locale or None)
+    base = {
+        "locale": locale,
+        "currency": currency,
+        "partner": {"name": "Łódź & Bălan Ltda.", "short_name": "Łódź & Bălan"},
+        "company": {"name": "Aurora Distribuidora", "email": "fin@aurora.example", "phone": "+55 11 3040-5060"},
+        "contacts": [{"name": "Ștefan Ionescu", "email": "s@example.ro", "function": "Contabilidade"}],
+        "days_overdue": 3,
+        "business_date": dt.date(2026, 11, 22),
+        "attach_statement": True,
+    }
+    return email_fields(base, invoice_rows(recs, dt.date(2026, 11, 22), locale, currency))
+
+
+@pytest.mark.parametrize("locale", OFFERED_LOCALES)
+def test_should_render_every_offered_overdue_template_in_every_locale(locale):
+    """The DAG's template enum lists include/templates/email/overdue*; each must have subject, text and HTML
+    in each language, not fall back to another language's file."""
+    from crm.config import TEMPLATES_DIR
+    from crm.notify.templates import Templates
+
+    names = sorted({p.name.split(".")[0] for p in (TEMPLATES_DIR / "email").glob("overdue*.txt")})  # the enum
+    assert names == ["overdue_3_days", "overdue_final_notice"]
+    templates = Templates("email")
+    lang = locale.split("_")[0]
+    fields = _notice_fields(locale)
+    for name in names:
+        for part in ("subject", "txt", "html"):
+            assert templates.path_for(name, part, locale or None)[1] == lang, (name, part)
+        rendered = templates.render_email(name, fields, locale or None)
+        assert rendered.locale == lang
+        assert " ".join(fields["total"].split()) in rendered.subject  # a subject is one line of plain spaces
+        for body in (rendered.text, rendered.html):
+            assert "NF-1001/1" in body and "NF-1002/2" in body and fields["total"] in body
+        assert "Łódź &amp; Bălan Ltda." in rendered.html  # autoescaped, diacritics intact
+        assert "Łódź & Bălan Ltda." in rendered.text

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
+import json
 import re
 import sqlite3
 from pathlib import Path
@@ -206,6 +207,18 @@ def receivables_of(var: Path, partner_id: int) -> list[tuple[str, float]]:
         ).fetchall()
 
 
+def assert_invoice_pdfs(bills: list[tuple[str, float]], attachments) -> None:
+    """One valid PDF per bill plus the statement; each bill's number and open amount in its PDF and the statement."""
+    pdfs = [a for a in attachments if a.get_content_type() == "application/pdf"]
+    assert len(pdfs) == len(bills) + 1  # one per invoice + the statement
+    texts = [pdf_text(a.get_content()) for a in pdfs]
+    for number, amount in bills:
+        own = [t for t in texts if re.search(rf"{re.escape(number)}(?!\d)", t)]
+        assert len(own) == 2, number  # its invoice and the statement
+        cents = f"{amount:.2f}".replace(".", "")
+        assert all(cents in re.sub(r"\D", "", t) for t in own), (number, amount)
+
+
 def company_email(var: Path, partner_id: int) -> str:
     with sqlite3.connect(var / "crm.db") as conn:
         return _one(
@@ -228,15 +241,7 @@ def test_should_notify_the_right_partners_and_contacts_with_cc_and_pdf_invoices(
         assert addresses(m, "Cc") == {FINANCE}
         assert addresses(m, "From") == {company_email(demo, p)}
         assert FINANCE in m["X-Envelope-To"]
-        bills = receivables_of(demo, p)
-        pdfs = [a for a in m.iter_attachments() if a.get_content_type() == "application/pdf"]
-        assert len(pdfs) == len(bills) + 1  # one per invoice + the statement
-        texts = [pdf_text(a.get_content()) for a in pdfs]
-        for number, amount in bills:
-            own = [t for t in texts if re.search(rf"{re.escape(number)}(?!\d)", t)]
-            assert len(own) == 2, number  # its invoice and the statement
-            cents = f"{amount:.2f}".replace(".", "")
-            assert all(cents in re.sub(r"\D", "", t) for t in own), (number, amount)
+        assert_invoice_pdfs(receivables_of(demo, p), m.iter_attachments())
 
     functions_partner = special(demo, "TEST_FUNCTIONS")
     (m,) = [m for m in mails if partner_of(m) == functions_partner]
@@ -294,13 +299,28 @@ def test_should_send_as_the_requesting_user_and_report_to_the_sender(dagbag, dem
     assert report["X-Envelope-To"] == company
 
 
-@pytest.mark.parametrize("functions", ["%", " % , Conta", "Conta,,Manager", "x" * 300])
-def test_should_refuse_filters_that_would_widen_the_match(dagbag, demo, smtp_sink, functions):
+@pytest.mark.parametrize(
+    ("functions", "message"),
+    [
+        ("%", "contact_functions: pattern '%' is only wildcards and would match every contact"),
+        (" % , Conta", "contact_functions: pattern '%' is only wildcards and would match every contact"),
+        ("Conta,,Manager", "contact_functions: an empty pattern (two commas in a row, or a trailing comma)"),
+        ("x" * 300, "contact_functions: a pattern is 300 characters long; job functions have at most 80"),
+    ],
+    ids=["wildcard", "wildcard-in-list", "empty", "300-chars"],
+)
+def test_should_refuse_filters_that_would_widen_the_match(dagbag, demo, smtp_sink, functions, message):
     run = run_dag(dagbag, contact_functions=functions)
     assert run.state == "failed"
     assert notices(smtp_sink) == []
     with sqlite3.connect(demo / "crm.db") as conn:
         assert _one(conn, "SELECT count(*) FROM crm_notification") == 0
+        status, summary = conn.execute("SELECT status, summary FROM crm_routine_run").fetchone()
+    summary = json.loads(summary)
+    assert status == "failed" and summary["failed_task"] == "plan_notices"
+    assert summary["error"] == f"AirflowFailException: {message}"
+    (report,) = reports(smtp_sink)  # the requester learns why, in the report
+    assert "failed" in report["Subject"] and message in report.get_body(("plain",)).get_content()
 
 
 @pytest.mark.parametrize("functions", ["x' OR 1=1 --", "_", "Conta_"])
@@ -318,8 +338,9 @@ def test_should_only_render_and_report_with_sample_pdfs_in_a_dry_run(dagbag, dem
     assert notices(smtp_sink) == []
     (report,) = reports(smtp_sink)
     assert "Sample renders" in report.get_body(("plain",)).get_content()
-    pdfs = [a for a in report.iter_attachments() if a.get_content_type() == "application/pdf"]
-    assert pdfs and all(pdf_text(a.get_content()) for a in pdfs)
+    # the sample PDFs are the first notice's (the lowest partner id): its invoices, numbers and amounts
+    want, _ = expected(demo)
+    assert_invoice_pdfs(receivables_of(demo, min(want)), report.iter_attachments())
     with sqlite3.connect(demo / "crm.db") as conn:
         assert _one(conn, "SELECT count(*) FROM crm_notification") == 0
 
@@ -363,3 +384,20 @@ def test_should_leave_out_a_receivable_paid_between_planning_and_sending(seeded,
     assert rows[single.account_id]["state"] == "skipped"
     assert rows[single.account_id]["reason"] == overdue.PAID_BEFORE_SENDING
     assert rows[several.account_id]["state"] == "sent" and paid_number in rows[several.account_id]["last_error"]
+
+    # the execution report's partners CSV lists what was sent, not what was planned
+    files, summary = overdue.report_attachments(crm, erp, DAG_ID, "run", {"summary": {}})
+    (partners_csv,) = [f for f in files if f.filename == f"{DAG_ID}-partners.csv"]
+    report = {int(r["partner_id"]): r for r in csv.DictReader(io.StringIO(partners_csv.content.decode("utf-8-sig")))}
+    sent_numbers = report[several.account_id]["invoices"].split()
+    assert paid_number not in sent_numbers
+    with sqlite3.connect(var / "erp.db") as conn:
+        still_open = conn.execute(
+            f"SELECT document_number, amount - paid_amount FROM receivable WHERE id IN "
+            f"({', '.join('?' * len(several.payload['overdue']['receivable_ids']))}) AND paid = 0",
+            several.payload["overdue"]["receivable_ids"],
+        ).fetchall()
+    assert sorted(sent_numbers) == sorted(n for n, _ in still_open)
+    assert float(report[several.account_id]["open_total"]) == pytest.approx(sum(a for _, a in still_open))
+    assert report[single.account_id]["state"] == "skipped" and report[single.account_id]["invoices"] == ""
+    assert summary["partners_notified"] == len(pending) - 1

@@ -63,6 +63,7 @@ SAMPLES = 3
 _CHUNK = 5000  # ids per IN (...) list
 NO_CONTACT = "no matching contact"
 PAID_BEFORE_SENDING = "paid before sending"
+PAID_KEY = "paid_before_sending"  # in a sent row's payload report: the planned invoices left out
 REPORT_COLUMNS = (
     "partner_id",
     "partner",
@@ -618,21 +619,32 @@ class OverdueSender:
         except Exception as exc:  # the ERP did not answer: try again later
             log.warning("row %s: re-reading the receivables failed: %s", row.id, exc)
             return ledger.Outcome("failed", error=f"re-reading the receivables failed: {exc}", retryable=True)
-        if prepared is None:
-            return ledger.Outcome("skipped", reason=PAID_BEFORE_SENDING)
+        planned = overdue["report"]["invoices"]
+        paid_earlier = list(overdue["report"].get(PAID_KEY) or [])  # left out by an earlier try of this row
+        if prepared is None:  # nothing is sent: the row (and the report's CSV) lists no invoice
+            report = {"invoices": [], "open_total": 0.0, PAID_KEY: paid_earlier + planned}
+            payload = {**row.payload, "overdue": {**overdue, "receivable_ids": [], "report": report}}
+            return ledger.Outcome("skipped", reason=PAID_BEFORE_SENDING, payload=payload)
+        still_open = {x["id"] for x in prepared.invoices}
+        left_out = [n for i, n in zip(overdue["receivable_ids"], planned, strict=False) if i not in still_open]
+        report = {
+            "invoices": [i["number"] for i in prepared.invoices],
+            "open_total": round(sum(i["open_value"] for i in prepared.invoices), 2),
+            **({PAID_KEY: paid_earlier + left_out} if paid_earlier or left_out else {}),
+        }
         row.payload.update(subject=prepared.subject, text=prepared.text, html=prepared.html)
-        row.payload["overdue"] = {**overdue, "receivable_ids": [i["id"] for i in prepared.invoices]}
+        # receivable_ids and report.invoices stay aligned (a retry of this row pairs them again)
+        row.payload["overdue"] = {**overdue, "receivable_ids": [i["id"] for i in prepared.invoices], "report": report}
         self._files[row.id] = prepared.attachments
         try:
             outcome = self._email(row, point_of_no_return)
         finally:
             self._files.pop(row.id, None)
-        left_out = [n for i, n in zip(overdue["receivable_ids"], overdue["report"]["invoices"], strict=False)
-                    if i not in {x["id"] for x in prepared.invoices}]  # fmt: skip
-        if outcome.state == "sent" and left_out:
-            note = f"{PAID_BEFORE_SENDING}, left out: {' '.join(left_out)}"
+        if outcome.state == "sent" and report.get(PAID_KEY):
+            note = f"{PAID_BEFORE_SENDING}, left out: {' '.join(report[PAID_KEY])}"
             outcome = dataclasses.replace(outcome, error="; ".join(x for x in (outcome.error, note) if x))
-        return outcome
+        # the row keeps the notice as it went out (re-rendered, without the paid invoices), for the report
+        return dataclasses.replace(outcome, payload=row.payload)
 
 
 # ------------------------------------------------------------------------------------------------
