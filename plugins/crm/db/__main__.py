@@ -1,7 +1,9 @@
 """`python -m crm.db create-schema --url URL`: create the CRM tables in a real CRM database.
 
-The reference ERP/GP schemas are only for the demo (`--which erp|gp`); a real ERP is read through
-include/sql and never written.
+Creates the tables that are missing and leaves existing ones (and their rows) alone, so it is safe
+to run again after an upgrade adds a table; it never alters an existing table. The reference ERP/GP
+schemas are only for the demo and tests (`--which erp|gp`): a real ERP/GP is reached only through
+include/sql (read, and written by crm_erp_account_sync through erp/customer_upsert.sql).
 """
 
 from __future__ import annotations

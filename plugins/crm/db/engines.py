@@ -3,7 +3,13 @@
 Resolved inside tasks only (never at DAG parse time). A connection may carry a
 full SQLAlchemy URL in its extra (`sqlalchemy_url`), which is how a
 deployment points at any database SQLAlchemy supports; otherwise the URL is
-built from the connection's type, host, schema, login and password.
+built from the connection's fields:
+
+- type `sqlite`: the database file, in the connection's schema (where Airflow
+  puts the path of a URI, `AIRFLOW_CONN_CRM_DB='sqlite:////abs/crm.db'`, and
+  where airflow_settings.yaml sets it) or in its host (host wins if both are set);
+- type `postgres`/`postgresql` (optionally `+driver`, default psycopg2): host,
+  port, schema (the database), login and password.
 """
 
 from __future__ import annotations
@@ -27,10 +33,12 @@ def url_from_connection(conn: Any) -> str:
         return str(extra["sqlalchemy_url"])
     ctype = (conn.conn_type or "").lower()
     if ctype == "sqlite":
-        # AIRFLOW_CONN_X='sqlite:////abs/path.db' parses to schema='/abs/path.db'; the JSON form uses host.
+        # AIRFLOW_CONN_X='sqlite:////abs/path.db' parses to schema='/abs/path.db' and an empty host.
         path = conn.host or conn.schema
         if not path:
-            raise ValueError(f"connection {conn.conn_id!r}: a sqlite connection needs the database file in host")
+            raise ValueError(
+                f"connection {conn.conn_id!r}: a sqlite connection needs the database file in schema (or host)"
+            )
         return f"sqlite:///{path}"
     if ctype.split("+")[0] in _POSTGRES_TYPES:
         driver = ctype.split("+")[1] if "+" in ctype else "psycopg2"
