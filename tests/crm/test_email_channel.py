@@ -148,8 +148,26 @@ def test_should_give_up_with_a_retryable_failure_when_deferrals_persist(tmp_path
 
 
 def test_sink_should_store_what_it_accepted(tmp_path: Path):
+    import smtplib
+
+    from crm.notify.email import _WIRE  # CRLF line ends, as on the wire
+
+    msg, env_from, rcpts = message(7, cc=["fin@example.com"], bcc=["audit@example.com"])
+    raw = msg.as_bytes(policy=_WIRE)
     with MailSink(tmp_path / "m") as sink:
         assert sink.messages() == []
+        with smtplib.SMTP(sink.host, sink.port, timeout=10) as smtp:
+            refused = smtp.sendmail(env_from, rcpts, raw)
+        assert refused == {}
+        (mail,) = sink.received()
+    # the envelope as given, the data byte for byte after the envelope headers, one .eml file on disk
+    assert (mail.mail_from, mail.rcpt_tos) == ("biuro@example.pl", ("r7@example.com", "fin@example.com",
+                                                                    "audit@example.com"))  # fmt: skip
+    assert mail.path.suffix == ".eml" and [p.name for p in (tmp_path / "m").iterdir()] == [mail.path.name]
+    assert mail.path.read_bytes().endswith(raw)
+    stored = mail.message
+    assert stored["Subject"] == "Ofertă specială nr 7 — ção, żółć" and stored["Bcc"] is None
+    assert stored.get_body(("plain",)).get_content().strip() == "Olá! Zażółć gęślą jaźń. Înțelegeți?"
 
 
 @pytest.mark.parametrize(

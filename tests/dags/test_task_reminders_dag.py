@@ -157,7 +157,11 @@ def test_should_send_email_and_sms_reminders_of_the_window_once_each(dagbag, dem
     assert sent_sms == sorted(b["to"] for b in gateway.messages())
     sent_mail = sorted(r["recipient"] for r in rows if r["channel"] == "email" and r["state"] == "sent")
     assert sent_mail == sorted(m["X-Envelope-To"] for m in reminders(smtp_sink))
-    assert {r["company_id"] for r in rows} <= {1, 2, 4, 5}
+    # exactly: company 1 through the hand-made task, 4 (Warsaw) and 5 (Bucharest) through the seeded tasks due in
+    # this window (demo seed 11); company 3 has reminders disabled, company 2 has nothing due
+    assert {r["company_id"] for r in rows} == {1, 4, 5}
+    with sqlite3.connect(demo / "crm.db") as conn:
+        assert conn.execute("SELECT enabled FROM crm_reminder_settings WHERE company_id = 3").fetchone() == (0,)
 
     (report,) = reports(smtp_sink)
     body = report.get_body(("plain",)).get_content()
@@ -232,11 +236,41 @@ def test_should_send_only_to_the_test_phone_and_keep_the_window_in_a_test_run(da
     tid = add_task(demo, T0 + dt.timedelta(minutes=30))
     assert run_dag(dagbag, T0, test_phone="+48 600 000 111", test_recipient="qa@example.com").state == "success"
     assert {b["to"] for b in gateway.messages()} == {"+48600000111"} and sms_to(gateway, PHONE) == []
-    assert {m["X-Envelope-To"] for m in reminders(smtp_sink)} <= {"qa@example.com"}
-    assert {r["routine"] for r in ledger(demo)} == {f"{DAG_ID}:test"}
+    mails = reminders(smtp_sink)
+    test_rows = ledger(demo)
+    assert {r["routine"] for r in test_rows} == {f"{DAG_ID}:test"}
+    assert mails and {m["X-Envelope-To"] for m in mails} == {"qa@example.com"}
+    assert len(mails) == sum(1 for r in test_rows if r["channel"] == "email" and r["state"] == "sent")
     with sqlite3.connect(demo / "crm.db") as conn:
         assert conn.execute("SELECT watermark FROM crm_routine_run").fetchone()[0] is None
     assert run_dag(dagbag, T0).state == "success"  # the real run still reminds the real people
     assert len(sms_to(gateway, PHONE)) == 1 and [
         r["state"] for r in ledger(demo, tid) if "test" not in r["routine"]
     ] == ["sent"]
+
+
+def segments_of(text: str) -> tuple[str, int]:
+    """The encoding and segment count of an SMS, worked out here (no extension characters in these texts)."""
+    gsm7 = "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿"
+    gsm7 += "abcdefghijklmnopqrstuvwxyzäöñüà"
+    if all(c in gsm7 for c in text):
+        return "GSM-7", 1 if len(text) <= 160 else -(-len(text) // 153)
+    units = len(text.encode("utf-16-le")) // 2
+    return "UCS-2", 1 if units <= 70 else -(-units // 67)
+
+
+def test_should_total_the_sms_segments_in_the_report(dagbag, demo, smtp_sink, gateway):
+    with sqlite3.connect(demo / "crm.db") as conn:  # only these reminders in this window
+        conn.execute("UPDATE crm_task SET status = 'cancelled'")
+    add_task(demo, T0 + dt.timedelta(minutes=30), title="Visita")
+    add_task(demo, T0 + dt.timedelta(minutes=45), title="Instalação do equipamento de refrigeração na filial Centro")
+    assert run_dag(dagbag, T0).state == "success"
+    texts = [b["text"] for b in sms_to(gateway, PHONE)]
+    assert len(texts) == 2
+    counted = [segments_of(t) for t in texts]
+    assert counted == [("UCS-2", 2), ("UCS-2", 3)]  # 'ú' and 'ç' are not GSM-7: 67 UTF-16 units a segment
+    with sqlite3.connect(demo / "crm.db") as conn:
+        summary = json.loads(conn.execute("SELECT summary FROM crm_routine_run").fetchone()[0])
+    assert summary["sms_planned"] == {"messages": 2, "segments": 5, "UCS-2": 2}
+    (report,) = reports(smtp_sink)
+    assert "sms_planned: {'messages': 2, 'segments': 5, 'UCS-2': 2}" in report.get_body(("plain",)).get_content()
