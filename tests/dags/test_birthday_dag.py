@@ -347,3 +347,22 @@ def test_should_never_send_twice_when_the_sender_is_killed_mid_batch(seeded, tmp
         assert len(got) == n and states.count("sent") == n
     else:  # killed during DATA: it may have arrived; reported unknown, not resent
         assert len(got) == n - 1 and states.count("unknown") == 1 and states.count("sent") == n - 1
+
+
+def test_should_keep_the_run_successful_when_only_its_report_is_refused(dagbag, demo, tmp_path, monkeypatch):
+    """The greetings went out and the run's row is written; the report's 550 fails the report task, not the run."""
+    handler = FaultyMailboxHandler(tmp_path / "faulty", refuse={"ops@example.com"})
+    report_task = dagbag.get_dag(DAG_ID).get_task("send_run_report")
+    monkeypatch.setattr(report_task, "retries", 0)  # dag.test() would otherwise wait for the retry delay
+    with MailSink(tmp_path / "faulty", handler=handler) as sink:
+        monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT", smtp_conn(sink.host, sink.port))
+        run = run_dag(dagbag)
+        got = sorted(m["X-Envelope-To"] for m in greetings(sink))
+        assert reports(sink) == []
+    assert run.state == "failed"  # Airflow shows the report task failed
+    assert got == sorted(expected(demo).values())
+    with sqlite3.connect(demo / "crm.db") as conn:
+        status, summary = conn.execute("SELECT status, summary FROM crm_routine_run").fetchone()
+    summary = json.loads(summary)
+    assert status == "success" and "error" not in summary  # the failure callback did not turn it into a failure
+    assert summary["report"].startswith("not delivered to ops@example.com") and "550" in summary["report"]
