@@ -43,7 +43,7 @@ def test_should_refuse_an_unset_placeholder_rather_than_blank_it() -> None:
         expand("${NOPE}/x", env={})
 
 
-def test_should_declare_the_sandbox_connections_pool_and_variable() -> None:
+def test_should_declare_the_sandbox_connections_and_pool_and_no_variable() -> None:
     settings = load_settings(SETTINGS_FILE)
     assert {c["conn_id"] for c in settings["connections"]} == {
         "crm_db",
@@ -56,7 +56,8 @@ def test_should_declare_the_sandbox_connections_pool_and_variable() -> None:
     assert settings["pools"] == [
         {"pool_name": "crm_rpw", "pool_slot": 4, "pool_description": "the RPW server (CRM routines share these slots)"}
     ]
-    assert variable_env(SETTINGS_FILE) == {"AIRFLOW_VAR_CRM_DEFAULT_NOTIFY_TO": "crm-ops@example.com"}
+    # nothing reads a Variable: recipients come from Params and include/config/routines.yaml
+    assert variable_env(SETTINGS_FILE) == {}
 
 
 @pytest.mark.parametrize("conn_id", ["crm_db", "erp_db", "gp_db"])
@@ -119,6 +120,8 @@ def test_should_upsert_into_the_metadata_db_idempotently(airflow_db: Path, tmp_p
     from sqlalchemy import select
 
     data = yaml.safe_load(SETTINGS_FILE.read_text(encoding="utf-8"))
+    assert data["airflow"]["variables"] == []  # the shipped file defines none: bring one of our own
+    data["airflow"]["variables"] = [{"variable_name": "crm_settings_test", "variable_value": "crm-ops@example.com"}]
     path = _write(tmp_path / "settings.yaml", data)
     first = apply_settings(path)
     assert set(first.values()) <= {"created", "unchanged"}
@@ -132,7 +135,7 @@ def test_should_upsert_into_the_metadata_db_idempotently(airflow_db: Path, tmp_p
     smtp["conn_extra"]["timeout"] = 5
     outcome = apply_settings(_write(path, data))
     assert outcome["pool crm_rpw"] == "updated"
-    assert outcome["variable crm_default_notify_to"] == "updated"
+    assert outcome["variable crm_settings_test"] == "updated"
     assert outcome["connection smtp_default"] == "updated"
     assert outcome["connection crm_db"] == "unchanged"
 
@@ -142,8 +145,9 @@ def test_should_upsert_into_the_metadata_db_idempotently(airflow_db: Path, tmp_p
         conn = session.scalar(select(Connection).where(Connection.conn_id == "smtp_default"))
         assert conn.extra_dejson["timeout"] == 5
         assert conn.extra_dejson["disable_tls"] is True
-    assert Variable.get("crm_default_notify_to") == "ops@example.org"
+    assert Variable.get("crm_settings_test") == "ops@example.org"
 
+    Variable.delete("crm_settings_test")
     apply_settings(SETTINGS_FILE)  # leave the session's DB as the real file says
 
 
