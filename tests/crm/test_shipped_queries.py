@@ -179,7 +179,7 @@ def seed(engine: sa.Engine) -> sa.Engine:
     return engine
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def source_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sa.Engine]:
     """An ERP/GP database on each supported engine (a file for SQLite, so the Arrow path runs too)."""
     if request.param == "sqlite":
