@@ -24,6 +24,21 @@ def test_should_count_a_movement_exactly_period_days_ago_and_not_one_day_earlier
 
 
 @pytest.mark.parametrize(
+    ("business_date", "days", "first_day"),
+    [
+        (dt.date(2028, 3, 1), 30, dt.date(2028, 1, 31)),  # leap year: February has 29 days
+        (dt.date(2027, 3, 1), 30, dt.date(2027, 1, 30)),
+        (dt.date(2028, 3, 1), 1, dt.date(2028, 2, 29)),
+        (dt.date(2029, 3, 1), 365, dt.date(2028, 3, 1)),  # no 29 Feb in between: 365 days is a year
+        (dt.date(2029, 3, 1), 366, dt.date(2028, 2, 29)),  # ... one more lands on the leap day
+        (dt.date(2029, 1, 1), 366, dt.date(2028, 1, 1)),  # over 29 Feb 2028: 366 days is exactly a year
+    ],
+)
+def test_should_count_the_period_in_calendar_days_across_leap_years(business_date, days, first_day):
+    assert inactivity.window(business_date, days) == (first_day, business_date)
+
+
+@pytest.mark.parametrize(
     ("zone", "first_day", "last_day", "expected"),
     [
         # São Paulo, UTC-3 all year: local midnights are 03:00 UTC
