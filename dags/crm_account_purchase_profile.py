@@ -88,6 +88,7 @@ def crm_account_purchase_profile():
             "scope": result.scope,
             "watermark": result.watermark.isoformat() if result.watermark else None,
             "stats": result.stats,
+            "drop_account_ids": result.drop_account_ids,
         }
 
     @task(outlets=[PROFILE_ASSET])
@@ -112,6 +113,7 @@ def crm_account_purchase_profile():
             scope=computed["scope"],
             watermark=dt.datetime.fromisoformat(computed["watermark"]) if computed["watermark"] else None,
             stats=computed["stats"],
+            drop_account_ids=computed["drop_account_ids"],
         )
         audience = ctx["params"]["audience"].strip() or None
         summary = job.load(

@@ -33,6 +33,7 @@ def profiles(n: int, run_id: str = "r1") -> pd.DataFrame:
     return pd.DataFrame(
         {
             "account_id": ids,
+            "erp_customer_code": ids + 1000,
             "first_purchase_date": pd.to_datetime(np.where(ids % 3 == 0, None, "2026-01-02")),
             "accumulated_value": ids * 1.5,
             "purchase_count": ids % 7,
@@ -66,9 +67,23 @@ def test_should_count_only_really_changed_rows_as_updated(engine):
     res = upsert(engine, account_profile, frame, ["account_id"], compare_columns=FIELDS, chunk_rows=9)
     assert (res.inserted, res.updated, res.unchanged) == (40, 3, 57)
     rows = {r[0]: r for r in table_rows(engine)}
-    assert rows[5][6] == 99 and rows[5][11] == "r2"
-    assert rows[7][11] == "r1"
-    assert str(rows[3][1]) == "2025-05-05"
+    assert rows[5][7] == 99 and rows[5][12] == "r2"
+    assert rows[7][12] == "r1"
+    assert str(rows[3][2]) == "2025-05-05"
+
+
+@pytest.mark.parametrize("precount_max_rows", [0, 10_000], ids=["row-count", "key-precount"])
+def test_should_count_inserts_and_updates_exactly_whichever_way_the_table_is_counted(
+    engine, monkeypatch, precount_max_rows
+):
+    from crm.db.upsert import _InsertCounter
+
+    monkeypatch.setattr(_InsertCounter, "PRECOUNT_MAX_ROWS", precount_max_rows)
+    upsert(engine, account_profile, profiles(30)[::2], ["account_id"], compare_columns=FIELDS)  # odd ids 1..29
+    frame = profiles(40, "r2")
+    frame.loc[frame["account_id"].isin([1, 3, 4]), "purchase_count"] = 99  # 1, 3 exist; 4 is new
+    res = upsert(engine, account_profile, frame, ["account_id"], compare_columns=FIELDS, chunk_rows=6)
+    assert (res.inserted, res.updated, res.unchanged) == (25, 2, 13)
 
 
 def test_should_leave_the_table_exactly_as_before_when_a_late_chunk_violates_a_constraint(engine):
@@ -113,7 +128,7 @@ def test_should_store_hostile_text_as_data(engine):
     frame = profiles(2)
     frame["last_invoice_number"] = ["x'); DROP TABLE crm_account; --", "Ș ț ł ż ç ã"]
     upsert(engine, account_profile, frame, ["account_id"])
-    assert [r[9] for r in table_rows(engine)] == ["x'); DROP TABLE crm_account; --", "Ș ț ł ż ç ã"]
+    assert [r[10] for r in table_rows(engine)] == ["x'); DROP TABLE crm_account; --", "Ș ț ł ż ç ã"]
 
 
 @pytest.mark.parametrize("via", ["upsert", "finish_run"])

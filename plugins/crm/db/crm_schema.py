@@ -138,6 +138,8 @@ account = Table(
     CheckConstraint("person_type in ('PF', 'PJ')", name="person_type"),
 )
 Index("ix_crm_account_company_id", account.c.company_id)
+# Incremental routines find the accounts changed since their last run by this stamp (the CRM's change signal).
+Index("ix_crm_account_updated_at", account.c.updated_at)
 Index("ix_crm_account_owner_id", account.c.owner_id)
 
 phone = Table(
@@ -277,6 +279,12 @@ account_profile = Table(
     "crm_account_profile",
     metadata,
     Column("account_id", ForeignKey("crm_account.id"), primary_key=True),
+    Column(
+        "erp_customer_code",
+        Integer,
+        nullable=False,
+        doc="the account's ERP customer code the profile was computed from (a changed code means a stale profile)",
+    ),
     Column("first_purchase_date", Date),
     Column("first_purchase_value", Money),
     Column("last_purchase_date", Date),

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Connection, Date, DateTime, Engine, Table, func, select
+from sqlalchemy import Connection, Date, DateTime, Engine, Table, func, literal, select, tuple_
 
 # psycopg2 interpolates client-side; cap the statement size all the same.
 _MAX_PARAMS = {"postgresql": 60_000}
@@ -83,19 +83,75 @@ def upsert(
         rows_per_chunk = _rows_per_chunk(conn, len(columns), chunk_rows)
         sql_for = _statement_builder(conn, table, columns, key_columns, update_columns, compare, placeholder)
 
-        before = conn.execute(select(func.count()).select_from(table)).scalar_one()
-        changed = 0
+        counter = _InsertCounter(conn, table, key_columns, n=len(frame))
+        inserted = changed = 0
         n = len(frame)
         for start in range(0, n, rows_per_chunk):
             stop = min(start + rows_per_chunk, n)
+            existing = counter.existing_before(frame, key_columns, start, stop)
             params = tuple(chain.from_iterable(zip(*(v[start:stop] for v in values), strict=True)))
-            result = conn.exec_driver_sql(sql_for(stop - start), params)
-            changed += max(result.rowcount, 0)
-        after = conn.execute(select(func.count()).select_from(table)).scalar_one()
+            result = conn.exec_driver_sql(sql_for(stop - start) + counter.returning, params)
+            if counter.returning:
+                flags = [bool(r[0]) for r in result]
+                inserted += sum(flags)
+                changed += len(flags)
+            else:
+                rows = max(result.rowcount, 0)
+                changed += rows
+                if existing is not None:
+                    inserted += (stop - start) - existing
+        inserted = counter.inserted(inserted)
 
-    inserted = after - before
     updated = changed - inserted
     return UpsertResult(inserted=inserted, updated=updated, unchanged=n - inserted - updated)
+
+
+class _InsertCounter:
+    """Tells inserted rows from updated ones, at a cost proportional to the frame, not the table.
+
+    PostgreSQL says it per row (`RETURNING xmax = 0`: true for a fresh tuple), exact under concurrent
+    writers. SQLite cannot, so: into an empty table every row is new; a small frame counts its keys
+    already present, chunk by chunk, before writing them; a large one compares the table's row count
+    before and after (exact: the write transaction holds SQLite's only write lock).
+    """
+
+    PRECOUNT_MAX_ROWS = 50_000
+
+    def __init__(self, conn: Connection, table: Table, key_columns: list[str], n: int) -> None:
+        self.conn, self.table, self.key_columns = conn, table, key_columns
+        self.returning = " RETURNING (xmax = 0)" if conn.dialect.name == "postgresql" else ""
+        self.mode = "returning" if self.returning else "precount"
+        self.before = 0
+        if not self.returning:
+            if conn.execute(select(literal(1)).select_from(table).limit(1)).first() is None:
+                self.mode = "empty"
+            elif n > self.PRECOUNT_MAX_ROWS:
+                self.mode = "rowcount"
+                self.before = conn.execute(select(func.count()).select_from(table)).scalar_one()
+
+    def existing_before(self, frame: pd.DataFrame, key_columns: list[str], start: int, stop: int) -> int | None:
+        """Keys of rows start..stop already in the table (None when the row count tells instead)."""
+        if self.mode == "empty":
+            return 0
+        if self.mode != "precount":
+            return None
+        keys = frame[key_columns].iloc[start:stop]
+        cols = [self.table.c[c] for c in key_columns]
+        values = [tuple(_plain(v) for v in row) for row in keys.itertuples(index=False, name=None)]
+        cond = cols[0].in_([v[0] for v in values]) if len(cols) == 1 else tuple_(*cols).in_(values)
+        return int(self.conn.execute(select(func.count()).select_from(self.table).where(cond)).scalar_one())
+
+    def inserted(self, counted: int) -> int:
+        if self.mode == "rowcount":
+            return self.conn.execute(select(func.count()).select_from(self.table)).scalar_one() - self.before
+        return counted
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars and Timestamps as the plain Python values SQLAlchemy binds."""
+    if isinstance(value, pd.Timestamp):
+        return value.to_pydatetime()
+    return value.item() if isinstance(value, np.generic) else value
 
 
 @contextmanager

@@ -122,7 +122,7 @@ class ProfileAccumulator:
         np.maximum.at(self.last_quote_day, pos[keep], (day[keep] - _DAY0).astype(np.int64))
 
     def result(self) -> pd.DataFrame:
-        """account_id plus the nine fields, one row per account in scope."""
+        """account_id, the erp_customer_code it was computed from, and the nine fields, one row per account."""
         bought = self.count > 0
         first_day = np.where(bought, self.first_key >> _ID_BITS, 0) + _DAY0
         last_day = np.where(bought, self.last_key >> _ID_BITS, 0) + _DAY0
@@ -132,6 +132,7 @@ class ProfileAccumulator:
         return pd.DataFrame(
             {
                 "account_id": self._account_ids,
+                "erp_customer_code": self._codes,
                 "first_purchase_date": first_day.astype("datetime64[s]"),
                 "first_purchase_value": np.round(self.first_value, 2),
                 "last_purchase_date": last_day.astype("datetime64[s]"),

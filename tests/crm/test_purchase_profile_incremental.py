@@ -1,0 +1,173 @@
+"""The incremental purchase-profile run follows CRM-side changes too: codes gained, changed, lost; new audience members.
+
+Each test runs a full refresh on a small demo, changes the CRM the way a user (or crm_erp_account_sync)
+would — the account's row and its `updated_at` — then runs incrementally and compares every profile
+with an independent SQL aggregate over the ERP (tests.dags.test_purchase_profile_dag.EXPECTED_SQL).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from crm.db import engine_from_url
+from crm.jobs import purchase_profile as job
+from tests.dags.test_purchase_profile_dag import assert_profiles_match
+
+BD = dt.date(2026, 11, 22)
+EDITED = "2026-11-22 10:00:00.000000"  # later than every stamp of the generated demo
+
+
+@pytest.fixture(scope="module")
+def seeded(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from crm.demo.generate import generate
+
+    var = tmp_path_factory.mktemp("demo")
+    generate(var, accounts=300, seed=11, business_date=BD)
+    return var
+
+
+@pytest.fixture
+def var(seeded: Path, tmp_path: Path) -> Path:
+    for name in ("crm.db", "erp.db"):
+        shutil.copy(seeded / name, tmp_path / name)
+    return tmp_path
+
+
+def run(var: Path, day: dt.date, run_id: str, **kw) -> dict:
+    crm = engine_from_url(f"sqlite:///{var / 'crm.db'}")
+    erp = engine_from_url(f"sqlite:///{var / 'erp.db'}")
+    result = job.compute(crm, erp, day, **kw)
+    now = dt.datetime.combine(day, dt.time(11, 0), dt.UTC)
+    summary = job.load(
+        crm,
+        result,
+        business_date=day,
+        run_id=run_id,
+        run_after=now,
+        started_at=now,
+        audience_code=kw.get("audience_code"),
+    )
+    crm.dispose()
+    erp.dispose()
+    return summary
+
+
+def sql(var: Path, statement: str, *params) -> list[tuple]:
+    with sqlite3.connect(var / "crm.db") as conn:
+        return conn.execute(statement, params).fetchall()
+
+
+def unclaimed_erp_codes(var: Path) -> list[int]:
+    """ERP customers with purchases that no CRM account points at yet."""
+    with sqlite3.connect(var / "crm.db") as conn:
+        conn.execute(f"ATTACH DATABASE '{var / 'erp.db'}' AS erp")
+        return [
+            r[0]
+            for r in conn.execute(
+                "SELECT customer_code FROM erp.invoice WHERE NOT cancelled GROUP BY customer_code"
+                " HAVING customer_code NOT IN (SELECT erp_customer_code FROM crm_account"
+                " WHERE erp_customer_code IS NOT NULL) ORDER BY customer_code"
+            )
+        ]
+
+
+def profiled(var: Path) -> dict[int, int]:
+    return dict(sql(var, "SELECT account_id, erp_customer_code FROM crm_account_profile"))
+
+
+def test_should_recompute_an_account_whose_erp_code_was_set_or_changed_and_nothing_else(var):
+    run(var, BD, "full", full_refresh=True)
+    lead = sql(var, "SELECT id FROM crm_account WHERE erp_customer_code IS NULL ORDER BY id LIMIT 1")[0][0]
+    moved = sql(var, "SELECT id FROM crm_account WHERE erp_customer_code IS NOT NULL ORDER BY id LIMIT 1")[0][0]
+    new_code, other_code = unclaimed_erp_codes(var)[:2]
+    sql(var, "UPDATE crm_account SET erp_customer_code = ?, updated_at = ? WHERE id = ?", new_code, EDITED, lead)
+    sql(var, "UPDATE crm_account SET erp_customer_code = ?, updated_at = ? WHERE id = ?", other_code, EDITED, moved)
+
+    summary = run(var, BD, "incremental")
+
+    assert summary["mode"] == "incremental"
+    # Recomputed: those two, plus whatever the watermark overlap re-reads (unchanged, so not rewritten).
+    assert (summary["inserted"], summary["updated"]) == (1, 1)
+    assert summary["unchanged"] == summary["accounts_recomputed"] - 2
+    assert profiled(var)[lead] == new_code and profiled(var)[moved] == other_code
+    assert_profiles_match(var)
+
+
+def test_should_drop_the_profile_of_an_account_that_lost_its_erp_code(var):
+    run(var, BD, "full", full_refresh=True)
+    unlinked = sql(var, "SELECT id FROM crm_account WHERE erp_customer_code IS NOT NULL ORDER BY id DESC LIMIT 1")[0][0]
+    sql(var, "UPDATE crm_account SET erp_customer_code = NULL, updated_at = ? WHERE id = ?", EDITED, unlinked)
+
+    summary = run(var, BD, "incremental")
+
+    assert (summary["mode"], summary["dropped_no_erp_code"]) == ("incremental", 1)
+    assert (summary["inserted"], summary["updated"]) == (0, 0)
+    assert unlinked not in profiled(var)
+    assert_profiles_match(var)  # every account with a code still has exactly its profile
+
+
+def test_should_drop_profiles_of_accounts_without_code_in_a_full_run_too(var):
+    run(var, BD, "full", full_refresh=True)
+    unlinked = sql(var, "SELECT id FROM crm_account WHERE erp_customer_code IS NOT NULL ORDER BY id LIMIT 2")
+    for (account_id,) in unlinked:  # changed without touching updated_at: only a full run can see it
+        sql(var, "UPDATE crm_account SET erp_customer_code = NULL WHERE id = ?", account_id)
+
+    assert run(var, BD, "incremental")["dropped_no_erp_code"] == 0
+    summary = run(var, BD, "full-again", full_refresh=True)
+
+    assert summary["dropped_no_erp_code"] == 2
+    assert_profiles_match(var)
+
+
+def test_should_give_a_new_audience_member_its_profile_in_an_incremental_audience_run(var):
+    run(var, BD, "vip-1", audience_code="VIP")
+    outsider = sql(
+        var,
+        "SELECT a.id FROM crm_account a WHERE a.erp_customer_code IS NOT NULL AND a.id NOT IN"
+        " (SELECT account_id FROM crm_audience_member m JOIN crm_audience au ON au.id = m.audience_id"
+        " WHERE au.code = 'VIP') ORDER BY a.id LIMIT 1",
+    )[0][0]
+    assert outsider not in profiled(var)
+    vip = sql(var, "SELECT id FROM crm_audience WHERE code = 'VIP'")[0][0]
+    sql(var, "INSERT INTO crm_audience_member (audience_id, account_id) VALUES (?, ?)", vip, outsider)
+
+    summary = run(var, BD, "vip-2", audience_code="VIP")
+
+    assert (summary["mode"], summary["inserted"], summary["updated"]) == ("incremental", 1, 0)
+    assert outsider in profiled(var)
+
+
+def test_should_see_erp_rows_committed_late_with_a_stamp_just_before_the_watermark(var):
+    run(var, BD, "full", full_refresh=True)
+    customer = sql(var, "SELECT erp_customer_code FROM crm_account WHERE erp_customer_code IS NOT NULL LIMIT 1")[0][0]
+    with sqlite3.connect(var / "erp.db") as erp:
+        watermark = erp.execute("SELECT MAX(updated_at) FROM invoice").fetchone()[0]
+        late = (dt.datetime.fromisoformat(watermark) - dt.timedelta(minutes=20)).strftime("%Y-%m-%d %H:%M:%S.%f")
+        erp.execute(  # written by a long ERP transaction that began before the previous run read the watermark
+            "UPDATE invoice SET cancelled = 1, updated_at = ? WHERE id ="
+            " (SELECT id FROM invoice WHERE customer_code = ? AND NOT cancelled ORDER BY id LIMIT 1)",
+            (late, customer),
+        )
+
+    summary = run(var, BD, "incremental")
+
+    assert summary["mode"] == "incremental" and summary["updated"] >= 1
+    assert_profiles_match(var)
+
+
+def test_should_fall_back_to_a_full_run_after_a_run_that_recorded_no_crm_watermark(var):
+    run(var, BD, "full", full_refresh=True)
+    engine = engine_from_url(f"sqlite:///{var / 'crm.db'}")
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE crm_routine_run SET summary = '{}'"))
+    engine.dispose()
+
+    summary = run(var, BD, "after-upgrade")
+
+    assert summary["mode"] == "full" and "no CRM watermark" in summary["mode_reason"]
