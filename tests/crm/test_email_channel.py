@@ -181,6 +181,14 @@ def test_sink_should_store_what_it_accepted(tmp_path: Path):
         {"subject": "  spaced   subject\t", "reply_to": ("Ștefan Bălan", "s@example.ro")},
         {"subject": "x" * 200, "message_id": "<m.1@example.com>", "headers": {"X-Note": "ção", "X-A": "b"}},
         {"sender": ("Very long company name, with a comma " * 3, "c@example.com"), "text": "no newline at the end"},
+        {"attachments": [Attachment("Fatura-1.pdf", b"%PDF-1.4\n" * 500, "application/pdf")]},
+        {"html": None, "attachments": [Attachment("a.txt", b"abc\n"), Attachment("empty.bin", b"")]},
+        {
+            "attachments": [
+                Attachment("Factură ș — wyciąg zażółć gęślą jaźń, bardzo długa nazwa pliku.pdf", bytes(range(256)) * 9)
+            ]
+        },
+        {"attachments": [Attachment('we"ird\\name with a rather long tail to force folding of it.csv', b"x" * 57)]},
     ],
 )
 def test_wire_bytes_should_equal_the_email_mime_message_byte_for_byte(kw):
@@ -195,11 +203,15 @@ def test_wire_bytes_should_equal_the_email_mime_message_byte_for_byte(kw):
         "message_id": "<fixed@example.pl>",
     }
     args.update(kw)
-    boundary = "===============1234567890123456789=="
+    boundary, mixed = "===============1234567890123456789==", "===============9876543210987654321=="
     msg, env_from, rcpts = build_message(**args)
-    if msg.is_multipart():
+    if args.get("attachments"):
+        msg.set_boundary(mixed)
+        if args["html"] is not None:
+            msg.get_payload()[0].set_boundary(boundary)
+    elif msg.is_multipart():
         msg.set_boundary(boundary)
-    data, wire_from, wire_rcpts, message_id = build_wire(**args, boundary=boundary)
+    data, wire_from, wire_rcpts, message_id = build_wire(**args, boundary=boundary, mixed_boundary=mixed)
     date = re.search(rb"\r\nDate: ([^\r]*)\r\n", data).group(1).decode()
     msg.replace_header("Date", date)  # the one header that may differ: the clock moved between the two builds
     assert data == msg.as_bytes(policy=_WIRE)

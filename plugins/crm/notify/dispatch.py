@@ -21,7 +21,6 @@ from crm.notify.email import (
     HeaderInjection,
     SmtpChannel,
     address,
-    build_message,
     build_wire,
     message_headers,
 )
@@ -109,33 +108,25 @@ def _header_args(payload: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def message_from_payload(payload: Mapping[str, Any], attachments: Sequence[Attachment] = ()) -> tuple[Any, str, list]:
-    return build_message(
-        **_header_args(payload), text=payload["text"], html=payload.get("html"), attachments=attachments
-    )
-
-
-def wire_from_payload(payload: Mapping[str, Any]) -> tuple[bytes, str, list[str], str]:
-    """The bytes `message_from_payload` would send (no attachments), without building a Message."""
-    return build_wire(**_header_args(payload), text=payload["text"], html=payload.get("html"))
+def wire_from_payload(
+    payload: Mapping[str, Any], attachments: Sequence[Attachment] = ()
+) -> tuple[bytes, str, list[str], str]:
+    """The wire bytes of a payload's e-mail (plus attachments), the envelope and the Message-ID."""
+    return build_wire(**_header_args(payload), text=payload["text"], html=payload.get("html"), attachments=attachments)
 
 
 def email_sender(
     channel: SmtpChannel, attachments_for: Callable[[ledger.Claimed], Sequence[Attachment]] | None = None
 ) -> Sender:
-    """A Sender that builds the MIME message from the payload (plus attachments) and sends it."""
+    """A Sender that writes the MIME message from the payload (plus attachments) and sends it."""
 
     def send(row: ledger.Claimed, point_of_no_return: Callable[[], None]) -> ledger.Outcome:
-        message_id = None
         try:
             files = attachments_for(row) if attachments_for else ()
-            if files:
-                msg, env_from, rcpts = message_from_payload(row.payload, files)
-            else:  # the common case: the same bytes, written directly (build_wire)
-                msg, env_from, rcpts, message_id = wire_from_payload(row.payload)
+            data, env_from, rcpts, message_id = wire_from_payload(row.payload, files)
         except (HeaderInjection, ValueError, KeyError) as exc:
             return ledger.Outcome("failed", error=f"cannot build the message: {exc}")
-        return channel.send(msg, env_from, rcpts, point_of_no_return, message_id=message_id)
+        return channel.send(data, env_from, rcpts, point_of_no_return, message_id=message_id)
 
     return send
 

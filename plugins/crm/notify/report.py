@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy import Engine
 
 from crm.notify import ledger
-from crm.notify.email import Attachment, SmtpChannel, build_message
+from crm.notify.email import Attachment, SmtpChannel, build_wire
 from crm.notify.templates import Templates, render
 from crm.runs import finish_run, note_report
 
@@ -198,10 +198,10 @@ def _email_report(
         files.append(Attachment(f"{dag_id}-{business_date.isoformat()}-ledger.csv", ledger_csv(rows), "text/csv"))
     with SmtpChannel(smtp_conn_id) as channel:
         sender = channel.default_sender or FALLBACK_SENDER
-        msg, env_from, rcpts = build_message(
+        data, env_from, rcpts, message_id = build_wire(
             sender=sender, to=list(to), subject=subject, text=text, html=html, attachments=files
         )
-        outcome = channel.send(msg, env_from, rcpts)
+        outcome = channel.send(data, env_from, rcpts, message_id=message_id)
     if outcome.state != "sent":
         raise RuntimeError(outcome.error or outcome.state)
     return subject
