@@ -35,6 +35,7 @@ exactly the expected recipients; the ledger has every row `sent`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import datetime as dt
 import io
@@ -195,7 +196,9 @@ def check_mailbox(sink: Sink, expected: list[str], side: str, problems: list[str
     return len(got)
 
 
-def run_ours(crm_url: str, mail: Path, n: int, profile: cProfile.Profile | None) -> dict[str, Any]:
+def run_ours(
+    crm_url: str, mail: Path, n: int, profile: cProfile.Profile | None, connections: int = 1
+) -> dict[str, Any]:
     from crm.db import engine_from_url
     from crm.jobs import birthday
     from crm.notify import ledger
@@ -213,17 +216,18 @@ def run_ours(crm_url: str, mail: Path, n: int, profile: cProfile.Profile | None)
         planned = ledger.plan(crm, ROUTINE, "email", plan.items, run_id=run_id, business_date=BUSINESS_DATE)
         t2 = time.perf_counter()
         c2 = time.process_time()
-        with SmtpChannel() as channel:
+        with contextlib.ExitStack() as stack:
+            channels = [stack.enter_context(SmtpChannel()) for _ in range(connections)]
             result = dispatch(
                 crm,
                 ROUTINE,
-                email_sender(channel),
+                [email_sender(channel) for channel in channels],
                 run_id=run_id,
                 owner=f"{ROUTINE}/{run_id}/send_greetings/-1",
                 try_number=1,
                 batch=200,
             )
-            connects = channel.connects
+            connects = sum(channel.connects for channel in channels)
         t3 = time.perf_counter()
         send_cpu = time.process_time() - c2
         if profile:
@@ -280,6 +284,13 @@ def main() -> int:
     )
     ap.add_argument("--cprofile", action="store_true", help="profile side (a) and print the top functions")
     ap.add_argument("--skip-peer", action="store_true", help="measure side (a) only (while tuning)")
+    ap.add_argument(
+        "--connections",
+        type=int,
+        default=None,
+        help="SMTP connections of side (a), one sender thread each (default: send_connections of crm_birthday_greetings"
+        " in routines.yaml)",
+    )
     args = ap.parse_args()
     n = args.messages
     out = Path(args.out)
@@ -298,7 +309,10 @@ def main() -> int:
     load_before = os.getloadavg()
     mail = Path(args.mail_dir) if args.mail_dir else out / "mail"
     print(f"sinks store into {mail}/{{ours,peer}}", flush=True)
-    ours = run_ours(f"sqlite:///{db}", mail / "ours", n, profile)
+    from crm.config import routine_settings
+
+    connections = args.connections or int(routine_settings(ROUTINE)["params"].get("send_connections", 1))
+    ours = run_ours(f"sqlite:///{db}", mail / "ours", n, profile, connections)
     ours_send_path = ours["ledger_plan_s"] + ours["send_s"]
     print(
         f"(a) render {ours['render_s']:.2f} s, ledger plan {ours['ledger_plan_s']:.2f} s, "

@@ -26,6 +26,7 @@ var/bench/overdue/results.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -225,6 +226,7 @@ def bench_run(data: Path, mail: Path, partners: int) -> dict[str, Any]:
 
 
 def _run_stages(data: Path, mail: Path, partners: int) -> dict[str, Any]:
+    from crm.config import routine_settings
     from crm.db import engine_from_url
     from crm.jobs import overdue
     from crm.notify import ledger
@@ -242,8 +244,11 @@ def _run_stages(data: Path, mail: Path, partners: int) -> dict[str, Any]:
     result = ledger.plan(crm, DAG_ID, "email", plan.items, run_id="bench", business_date=BUSINESS_DATE)
     stages["ledger"] = time.perf_counter() - t
     t = time.perf_counter()
-    with SmtpChannel() as channel:
-        sent = dispatch(crm, DAG_ID, overdue.OverdueSender(channel, erp), run_id="bench", owner="bench", try_number=1)
+    connections = int(routine_settings(DAG_ID)["params"].get("send_connections", 1))  # as the DAG sends
+    with contextlib.ExitStack() as stack:
+        channels = [stack.enter_context(SmtpChannel()) for _ in range(connections)]
+        senders = [overdue.OverdueSender(channel, erp) for channel in channels]
+        sent = dispatch(crm, DAG_ID, senders, run_id="bench", owner="bench", try_number=1)
     stages["send"] = time.perf_counter() - t
     t = time.perf_counter()
     files, summary = overdue.report_attachments(crm, erp, DAG_ID, "bench", {"summary": {}})

@@ -107,7 +107,9 @@ def crm_birthday_greetings():
 
     @task
     def send_greetings(planned: dict) -> dict:
-        """Claim, send and record every pending greeting of this run, over one SMTP connection."""
+        """Claim, send and record every pending greeting of this run, over `send_connections` SMTP connections."""
+        import contextlib
+
         from crm.dag_helpers import run_facts
         from crm.db import CRM_DB, engine_for
         from crm.notify.dispatch import dispatch, email_sender
@@ -117,11 +119,12 @@ def crm_birthday_greetings():
         if ctx["params"]["dry_run"]:
             return {"dry_run": True}
         facts, ti = run_facts(ctx), ctx["ti"]
-        with SmtpChannel() as channel:
+        with contextlib.ExitStack() as stack:
+            channels = [stack.enter_context(SmtpChannel()) for _ in range(int(SETTINGS["params"]["send_connections"]))]
             result = dispatch(
                 engine_for(CRM_DB),
                 planned["routine"],
-                email_sender(channel),
+                [email_sender(channel) for channel in channels],
                 run_id=facts["run_id"],
                 owner=f"{DAG_ID}/{facts['run_id']}/{ti.task_id}/{ti.map_index}",
                 try_number=ti.try_number,

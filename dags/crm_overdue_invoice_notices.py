@@ -149,7 +149,9 @@ def crm_overdue_invoice_notices():
 
     @task
     def send_notices(planned: dict) -> dict:
-        """Claim each pending notice, re-read its receivables, make the PDFs and send, over one SMTP connection."""
+        """Claim each pending notice, re-read its receivables, make the PDFs and send (`send_connections` at once)."""
+        import contextlib
+
         from crm.dag_helpers import run_facts
         from crm.db import CRM_DB, ERP_DB, engine_for
         from crm.jobs.overdue import OverdueSender
@@ -160,11 +162,12 @@ def crm_overdue_invoice_notices():
         if ctx["params"]["dry_run"]:
             return {"dry_run": True}
         facts, ti = run_facts(ctx), ctx["ti"]
-        with SmtpChannel() as channel:
+        with contextlib.ExitStack() as stack:
+            channels = [stack.enter_context(SmtpChannel()) for _ in range(int(DEFAULTS["send_connections"]))]
             result = dispatch(
                 engine_for(CRM_DB),
                 planned["routine"],
-                OverdueSender(channel, engine_for(ERP_DB)),
+                [OverdueSender(channel, engine_for(ERP_DB)) for channel in channels],
                 run_id=facts["run_id"],
                 owner=f"{DAG_ID}/{facts['run_id']}/{ti.task_id}/{ti.map_index}",
                 try_number=ti.try_number,

@@ -8,8 +8,9 @@ defined here (`email_payload`), so plan steps of every routine build it the same
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -134,7 +135,7 @@ def email_sender(
 def dispatch(
     crm: Engine,
     routine: str,
-    send: Sender,
+    send: Sender | Sequence[Sender],
     *,
     run_id: str,
     owner: str,
@@ -147,7 +148,16 @@ def dispatch(
 
     `owner` names the task (dag/run/task/map index); with `try_number` it makes the claim token,
     so a retry recognises rows its own crashed predecessor left `sending`.
+
+    `send` may be several senders (each with its own connection): each then works in its own
+    thread on the rows of the claimed batch, so one message's wait for the server (SMTP replies,
+    an HTTP answer) overlaps another's preparation (rendering, PDFs). Every row keeps its own two
+    commits (before the point of no return, after the outcome) on its thread's connection, so
+    what a crash leaves behind is exactly as with one sender.
     """
+    senders = [send] if callable(send) else list(send)
+    if not senders:
+        raise ValueError("dispatch needs at least one sender")
     token = f"{owner}#{try_number}"
     started = time.monotonic()
     recovered = ledger.recover(crm, routine, run_id=run_id, owner=owner, token=token)
@@ -158,27 +168,37 @@ def dispatch(
             recovered.requeued,
             recovered.unknown,
         )
-    writer = ledger.OutcomeWriter(crm, token)
+    writers = [ledger.OutcomeWriter(crm, token) for _ in senders]
     tally = {"sent": 0, "failed": 0, "retryable": 0, "unknown": 0, "skipped": 0}
+    lock = threading.Lock()
     last_log = started
+
+    def work(sender: Sender, writer: ledger.OutcomeWriter, rows: Iterator[ledger.Claimed]) -> None:
+        for row in rows:
+            outcome = sender(row, lambda row_id=row.id: writer.attempting(row_id))
+            writer.record(row.id, outcome)
+            key = "retryable" if outcome.state == "failed" and outcome.retryable else outcome.state
+            with lock:
+                tally[key] += 1
+            if outcome.state != "sent":
+                log.info("row %d (%s, %s): %s: %s", row.id, row.recipient, row.business_key, key, outcome.error)
+
     try:
         while True:
             rows = ledger.claim(crm, routine, run_id=run_id, token=token, limit=batch, max_attempts=max_attempts)
             if not rows:
                 break
-            for row in rows:
-                outcome = send(row, lambda row_id=row.id: writer.attempting(row_id))
-                writer.record(row.id, outcome)
-                key = "retryable" if outcome.state == "failed" and outcome.retryable else outcome.state
-                tally[key] += 1
-                if outcome.state != "sent":
-                    log.info("row %d (%s, %s): %s: %s", row.id, row.recipient, row.business_key, key, outcome.error)
+            if len(senders) == 1:
+                work(senders[0], writers[0], iter(rows))
+            else:
+                _in_threads(work, senders, writers, rows)
             now = time.monotonic()
             if now - last_log > 10:
                 log.info("progress: %s, %.0f msg/s", tally, sum(tally.values()) / (now - started))
                 last_log = now
     finally:
-        writer.close()
+        for writer in writers:
+            writer.close()
         ledger.release(crm, token)
     result = DispatchResult(
         **tally,
@@ -193,3 +213,43 @@ def dispatch(
             "a retry of this task sends only those"
         )
     return result
+
+
+def _in_threads(
+    work: Callable[[Sender, ledger.OutcomeWriter, Iterator[ledger.Claimed]], None],
+    senders: Sequence[Sender],
+    writers: Sequence[ledger.OutcomeWriter],
+    rows: Sequence[ledger.Claimed],
+) -> None:
+    """One batch over one thread per sender, each taking the next row when it is free.
+
+    The first error stops every thread before its next row and is raised here; the rows nobody
+    took stay claimed but unattempted, which `ledger.release` gives back.
+    """
+    pending = iter(rows)
+    take = threading.Lock()
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def next_rows() -> Iterator[ledger.Claimed]:
+        while not stop.is_set():
+            with take:
+                row = next(pending, None)
+            if row is None:
+                return
+            yield row
+
+    def run(sender: Sender, writer: ledger.OutcomeWriter) -> None:
+        try:
+            work(sender, writer, next_rows())
+        except BaseException as exc:
+            errors.append(exc)
+            stop.set()
+
+    threads = [threading.Thread(target=run, args=pair, daemon=True) for pair in zip(senders, writers, strict=True)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
