@@ -255,6 +255,7 @@ def _naive_run(spec: dict[str, Any]) -> dict[str, Any]:
             session.merge(
                 NaiveProfile(
                     account_id=account_id,
+                    erp_customer_code=code,
                     first_purchase_date=first[0] if first else None,
                     first_purchase_value=round(first[2], 2) if first else None,
                     last_purchase_date=last[0] if last else None,

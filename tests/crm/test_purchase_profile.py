@@ -139,3 +139,30 @@ def test_should_give_the_same_answer_whatever_the_chunking():
 def test_should_reject_duplicate_customer_codes_among_accounts():
     with pytest.raises(ValueError, match="unique"):
         ProfileAccumulator(pd.DataFrame({"account_id": [1, 2], "erp_customer_code": [5, 5]}), BD)
+
+
+@pytest.mark.parametrize("offset", [10**12, -(10**6)], ids=["huge-codes", "negative-codes"])
+def test_should_find_accounts_the_same_way_whatever_the_range_of_customer_codes(offset):
+    rng = np.random.default_rng(3)
+    n = 2_000
+    inv = invoices(
+        list(
+            zip(
+                range(1, n + 1),
+                rng.integers(1, 400, n),  # codes 1-399; accounts for 1-299 only: the rest are not ours
+                pd.Timestamp("2026-01-01") + pd.to_timedelta(rng.integers(0, 330, n), unit="D"),
+                np.round(rng.lognormal(4, 1, n), 2),
+                [f"NF-{i}" for i in range(n)],
+                rng.random(n) < 0.05,
+                strict=True,
+            )
+        )
+    )
+    small = compute_profiles(accounts(*range(1, 300)), inv, quotes([(5, "2026-02-02")]), BD)  # direct lookup
+    shifted = inv.assign(customer_code=inv["customer_code"] + offset)
+    far = pd.DataFrame({"account_id": np.arange(1, 300) * 10, "erp_customer_code": np.arange(1, 300) + offset})
+    got = compute_profiles(far, shifted, quotes([(5 + offset, "2026-02-02")]), BD)  # binary search
+    pd.testing.assert_frame_equal(got.drop(columns="erp_customer_code"), small.drop(columns="erp_customer_code"))
+    assert (got["erp_customer_code"] - offset).tolist() == small["erp_customer_code"].tolist()
+    counted = ~inv["cancelled"] & (inv["customer_code"] < 300) & (inv["issue_date"] <= pd.Timestamp(BD))
+    assert small["purchase_count"].sum() == int(counted.sum())

