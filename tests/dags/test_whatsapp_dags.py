@@ -295,6 +295,9 @@ def test_should_notify_exactly_the_bills_due_in_n_days_per_company_with_retries(
     assert sent[900001]["contact_id"] == "ct_seed_A"
     # 429 (Retry-After honoured) and 500 twice: retried, each notice delivered once
     assert len(api.server.requests("/v1/messages")) == len(api.server.deliveries("/v1/messages")) + 3
+    first, retried = api.server.requests("/v1/messages")[:2]  # the 429, then the same notice again
+    assert first.headers["idempotency-key"] == retried.headers["idempotency-key"]
+    assert retried.received_at - first.received_at >= 0.95  # Retry-After: 1 was honoured
     assert len(api.messages) == len(EXPECTED_DUE)
 
     rows = ledger(demo, "crm_whatsapp_due_notices/%")

@@ -33,6 +33,7 @@ class Request:
     query: dict[str, list[str]]
     headers: dict[str, str]
     body: Any
+    received_at: float = field(default_factory=time.monotonic)  # to check retry waits (Retry-After, backoff)
 
 
 Route = Callable[[Request], tuple]
