@@ -319,8 +319,10 @@ def _naive_status_run(spec: dict[str, Any]) -> dict[str, Any]:
             if not new:
                 continue
             changed += 1
-            conn.execute(update(account).where(account.c.id == account_id).values(**new, updated_at=now))
+            conn.execute(update(account).where(account.c.id == account_id).values(**new))  # updated_at: as the routine
             for field, value in new.items():
+                if field == "status_label" and "erp_status" in new:
+                    continue  # the label follows its status: audited with it, as the routine does
                 old = old_status if field == "erp_status" else old_label
                 conn.execute(
                     insert(account_history).values(
@@ -426,7 +428,7 @@ def _naive_class_run(spec: dict[str, Any]) -> dict[str, Any]:
             if new_class == class_id:
                 continue
             changed += 1
-            conn.execute(update(account).where(account.c.id == account_id).values(class_id=new_class, updated_at=now))
+            conn.execute(update(account).where(account.c.id == account_id).values(class_id=new_class))
             conn.execute(
                 insert(account_history).values(
                     account_id=account_id,

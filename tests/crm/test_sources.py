@@ -132,7 +132,7 @@ def test_should_read_the_same_frames_through_arrow_as_through_the_cursor(db, tmp
     import crm.sources as sources
 
     sql_dir = write(tmp_path, "x/same", HEADER + "select code, d, v, name, flag, ts from t order by code")
-    if sources._adbc_sqlite() is None:
+    if sources.adbc_sqlite() is None:
         pytest.skip("adbc-driver-sqlite is not installed")
     assert sources._arrow_readable(db, load_query("x/same", sql_dir)) is not None
     fast = list(iter_frames(db, "x/same", chunk_rows=chunk_rows, sql_dir=sql_dir))

@@ -204,7 +204,8 @@ def test_should_set_every_erp_status_and_label_write_history_and_mail_the_change
     assert got[cases["after_business_date"]][0] == "inactive"
 
     rows = history(demo)
-    assert len(rows) == 2 * len(want)  # erp_status and status_label of every account, from null
+    # one row per account: its status, from null (the label that follows it has no history row of its own)
+    assert len(rows) == len(want) and {r[1] for r in rows} == {"erp_status"}
     status_rows = {r[0]: r for r in rows if r[1] == "erp_status"}
     assert {k: v[3] for k, v in status_rows.items()} == {k: v[0] for k, v in want.items()}
     assert {(r[2], r[4], r[6]) for r in rows} == {(None, DAG_ID, BD.isoformat())}
@@ -234,6 +235,22 @@ def test_should_change_nothing_when_the_date_is_run_again(dagbag, demo, smtp_sin
     second = json.loads(routine_runs(demo)[-1]["summary"])
     assert second["accounts changed"] == 0 and second["history rows"] == 0
     assert csv_rows(smtp_sink.messages()[-1]) == []
+
+
+def test_should_audit_a_label_that_moved_alone_when_the_account_changed_language(dagbag, demo):
+    assert run_dag(dagbag, notify_to="ops@example.com").state == "success"
+    with sqlite3.connect(demo / "crm.db") as conn:
+        (account_id,) = conn.execute(
+            "SELECT id FROM crm_account WHERE locale = 'pt_BR' AND erp_status = 'active' ORDER BY id LIMIT 1"
+        ).fetchone()
+        conn.execute("UPDATE crm_account SET locale = 'pl_PL' WHERE id = ?", (account_id,))
+    before = history(demo)
+
+    assert run_dag(dagbag, notify_to="ops@example.com").state == "success"
+
+    added = history(demo)[len(before) :]
+    assert [(r[0], r[1], r[2], r[3]) for r in added] == [(account_id, "status_label", "Ativo ERP", "Aktywny ERP")]
+    assert actual(demo)[account_id] == ("active", "Aktywny ERP")
 
 
 def test_should_write_only_the_accounts_whose_status_moved_on_a_later_date(dagbag, demo):
@@ -271,5 +288,5 @@ def test_should_take_the_status_from_the_gp_when_asked(dagbag, demo, smtp_sink):
         assert conn.execute("SELECT count(*) FROM crm_account WHERE erp_status IS NOT NULL").fetchone() == (0,)
         labels = dict(conn.execute("SELECT id, status_label FROM crm_account WHERE locale = 'pt_BR'").fetchall())
     assert {labels[k] for k in labels} <= set(LABELS["gp"]["pt"].values())
-    assert {r[1] for r in history(demo)} == {"gp_status", "status_label"}
+    assert {r[1] for r in history(demo)} == {"gp_status"}
     assert json.loads(routine_runs(demo)[-1]["summary"])["source"] == "gp"

@@ -4,6 +4,9 @@ Each change is a row (account_id, field, old, new). `apply_changes` writes the n
 `crm_account_history` row per change (old value, new value, routine, run id, business date) in
 the caller's transaction, so the account and its audit trail can never disagree. Only real
 changes are passed in (`diff` drops the equal ones), so re-running a date changes nothing more.
+A change marked `audited = False` (an optional column) is written without a history row of its
+own: a derived value whose change is already told by another one of the same account (the
+status label that follows its status, see crm.jobs.account_status).
 
 `crm_account.updated_at` is the CRM's change signal: the ERP account sync resumes from it, and the
 CRM touches it when a person saves an account. Routine writes follow one rule:
@@ -126,6 +129,9 @@ def apply_changes(
             conn.exec_driver_sql(sql, params)
         for name, n in zip(*np.unique(fields.astype(str), return_counts=True), strict=True):
             counts[str(name)] = int(n)
+        if "audited" in changes:
+            keep = changes["audited"].to_numpy(dtype=bool)
+            changes, ids, fields = changes[keep], ids[keep], fields[keep]
         h = account_history.c
         columns = [h.account_id, h.field, h.old_value, h.new_value, h.routine, h.run_id, h.business_date, h.changed_at]
         sql = (

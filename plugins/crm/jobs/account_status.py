@@ -115,6 +115,11 @@ def plan(
         index=accounts.index,
     )
     changes = diff(accounts, wanted, [status_field, "status_label"])
+    # The label follows its status: a status change's history row tells both (the label is the status's
+    # translation in the account's language), so only a label that moved alone (a new translation, another
+    # locale) gets a history row of its own. Halves the history of a night that changes many statuses.
+    status_moved = changes.loc[changes["field"] == status_field, "account_id"]
+    changes["audited"] = ~((changes["field"] == "status_label") & changes["account_id"].isin(status_moved))
     report = _report(accounts, wanted, facts, changes, status_field)
     counts = pd.Series(wanted[status_field]).value_counts()
     moved = report.groupby(["old_status", "new_status"], dropna=False).size() if len(report) else pd.Series()
@@ -158,7 +163,7 @@ def apply(crm: Engine, status_plan: StatusPlan, *, run_id: str, changed_at: dt.d
     )
     return {
         **{f"written {k}": v for k, v in counts.items()},
-        "history rows": len(status_plan.changes),
+        "history rows": int(status_plan.changes["audited"].sum()) if "audited" in status_plan.changes else 0,
         "apply_seconds": round(time.perf_counter() - started, 3),
     }
 

@@ -26,7 +26,6 @@ import datetime as dt
 import decimal
 import functools
 import gc
-import os
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -39,6 +38,7 @@ import pandas as pd
 from sqlalchemy import Connection, Engine, bindparam, text
 
 from crm.config import SQL_DIR
+from crm.db.frames import adbc_sqlite, arrow_sqlite_path
 
 TYPES = ("int", "float", "str", "date", "datetime", "bool")
 _HEADER = re.compile(r"^--\s*@(column|param)\s+(\w+)\s+(\w+)(\[\])?(\?)?\s*(.*)$")
@@ -206,28 +206,10 @@ def _run(
 
 
 def _arrow_readable(db: Engine, query: Query) -> str | None:
-    """The SQLite file to read through Arrow (ADBC), or None to use the driver's cursor.
-
-    Only for an Engine (a Connection may hold uncommitted writes another connection cannot see), a
-    SQLite file, a query without list parameters, and unless CRM_SOURCES_ARROW=0.
-    """
-    if db.dialect.name != "sqlite" or os.environ.get("CRM_SOURCES_ARROW", "1") == "0":
+    """The SQLite file to read through Arrow (ADBC), or None to use the driver's cursor (list parameters)."""
+    if any(p.is_list for p in query.params):
         return None
-    if any(p.is_list for p in query.params) or _adbc_sqlite() is None:
-        return None
-    database = db.url.database
-    if not database or database == ":memory:" or database.startswith("file:") or not Path(database).is_file():
-        return None
-    return database
-
-
-@functools.cache
-def _adbc_sqlite() -> Any:
-    try:
-        import adbc_driver_sqlite.dbapi as adbc_sqlite
-    except ImportError:  # optional: the cursor path below reads everything too, only slower
-        return None
-    return adbc_sqlite
+    return arrow_sqlite_path(db)
 
 
 def _run_arrow(
@@ -243,7 +225,7 @@ def _run_arrow(
     number found in a `str` column (after the first row) as its text, where the cursor refuses it.
     """
     sql, driver_params = _compiled(db, query, params)
-    conn = _adbc_sqlite().connect(Path(path).resolve().as_uri() + "?mode=ro")
+    conn = adbc_sqlite().connect(Path(path).resolve().as_uri() + "?mode=ro")
     yielded, start_row = False, first_row
     cursor = None
     try:
