@@ -61,14 +61,14 @@ def crm_whatsapp_contact_sync():
         from crm.db import CRM_DB, engine_for
         from crm.jobs import whatsapp as wa
         from crm.notify.whatsapp import load_settings
-        from crm.runs import record_run
+        from crm.runs import latest_watermark, record_run
         from crm.whatsapp_dag import run_time
 
         ctx = get_current_context()
         params, facts = ctx["params"], run_facts(ctx)
         crm, settings = engine_for(CRM_DB), load_settings()
         now = run_time(ctx)
-        previous = wa.latest_watermark(crm, DAG_ID) if params["mode"] == "incremental" else None
+        previous = latest_watermark(crm, DAG_ID) if params["mode"] == "incremental" else None
         overlap = dt.timedelta(minutes=int(DEFAULTS.get("overlap_minutes", 5)))
         since = previous - overlap if previous is not None else None
         plan = wa.plan_contacts(crm, settings, since=since)

@@ -65,14 +65,14 @@ def crm_whatsapp_order_stages():
         from crm.db import CRM_DB, ERP_DB, engine_for
         from crm.jobs import whatsapp as wa
         from crm.notify.whatsapp import load_settings
-        from crm.runs import record_run
+        from crm.runs import latest_watermark, record_run
         from crm.whatsapp_dag import run_time, test_phone
 
         ctx = get_current_context()
         params, facts = ctx["params"], run_facts(ctx)
         crm, settings = engine_for(CRM_DB), load_settings()
         bdate = business_date(ctx, SETTINGS["timezone"])
-        previous = wa.latest_watermark(crm, DAG_ID)
+        previous = latest_watermark(crm, DAG_ID)
         try:
             test_to = test_phone(params)
             since, until = wa.order_window(

@@ -90,6 +90,22 @@ def last_successful_run(db: Engine | Connection, dag_id: str) -> RunRecord | Non
     )
 
 
+def latest_watermark(crm: Engine, dag_id: str) -> dt.datetime | None:
+    """The watermark of the latest successful run that recorded one (dry runs record none)."""
+    R = routine_run
+    stmt = (
+        select(R.c.watermark)
+        .where(R.c.dag_id == dag_id, R.c.status == "success", R.c.watermark.is_not(None))
+        .order_by(R.c.finished_at.desc(), R.c.id.desc())
+        .limit(1)
+    )
+    with crm.connect() as conn:
+        wm = conn.execute(stmt).scalar()
+    if wm is None:
+        return None
+    return wm if isinstance(wm, dt.datetime) else pd.Timestamp(wm).to_pydatetime()
+
+
 def naive_utc(value: dt.datetime | None) -> dt.datetime | None:
     """Stored as naive UTC: SQLite keeps no offsets, and PostgreSQL columns are TIMESTAMP WITHOUT TIME ZONE."""
     if value is None:

@@ -312,7 +312,7 @@ class_transition_rule = Table(
     Column("operator", String(4), nullable=False, doc=">=, >, <=, <, =, !="),
     Column("threshold", Float, nullable=False),
     Column("window_months", Integer, doc="look-back for windowed measures"),
-    Column("priority", Integer, nullable=False, server_default="0"),
+    Column("priority", Integer, doc="lowest first; null: after every numbered rule (ties: lowest id)"),
     Column("active", Boolean, nullable=False, server_default="1"),
     Column("description", Text),
 )

@@ -33,9 +33,8 @@ from crm.db.crm_schema import account as A
 from crm.db.crm_schema import address, company, customer_type, observation, observation_type, phone
 from crm.db.upsert import write_transaction
 from crm.jobs.account_changes import apply_changes, diff
-from crm.jobs.whatsapp import latest_watermark
 from crm.routines import erp_integration as rules
-from crm.runs import naive_utc, record_run
+from crm.runs import latest_watermark, naive_utc, record_run
 from crm.sources import execute, read_frame
 
 log = logging.getLogger(__name__)

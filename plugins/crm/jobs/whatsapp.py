@@ -712,20 +712,3 @@ def company_breakdown(crm: Engine, routines: Mapping[str, str], run_id: str) -> 
         c = ledger.counts(crm, routine, run_id)
         out[code] = {**c["states"], **({"skipped_by_reason": c["skipped_by_reason"]} if c["skipped_by_reason"] else {})}
     return out
-
-
-def latest_watermark(crm: Engine, dag_id: str) -> dt.datetime | None:
-    """The watermark of the latest successful run that recorded one (dry runs record none)."""
-    from crm.db.crm_schema import routine_run as R
-
-    stmt = (
-        select(R.c.watermark)
-        .where(R.c.dag_id == dag_id, R.c.status == "success", R.c.watermark.is_not(None))
-        .order_by(R.c.finished_at.desc(), R.c.id.desc())
-        .limit(1)
-    )
-    with crm.connect() as conn:
-        wm = conn.execute(stmt).scalar()
-    if wm is None:
-        return None
-    return wm if isinstance(wm, dt.datetime) else pd.Timestamp(wm).to_pydatetime()
