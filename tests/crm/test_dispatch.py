@@ -101,3 +101,23 @@ def test_should_stop_on_a_sender_error_and_give_back_the_rows_nobody_took(crm):
     retry = dispatch(crm, R, [Recorder("c0", log), Recorder("c1", log)], run_id="run-1", owner="t", try_number=2)
     assert retry.sent == 60 - len(sent) and {k for k, _, _ in log}.isdisjoint(sent)
     assert {s for s, _, _ in ledger_rows(crm).values()} == {"sent"}
+
+
+def test_should_not_send_a_row_another_run_took_over_while_this_one_held_it(crm):
+    plan(crm, 6)
+    log: list = []
+    inner = Recorder("c0", log)
+
+    def slow_sender(row: ledger.Claimed, point_of_no_return) -> Outcome:
+        if row.business_key == "k2":  # this attempt stalled so long that a later run adopted the row
+            with crm.begin() as conn:
+                conn.execute(sa.update(N).where(N.c.id == row.id).values(claim_token="later-run#1"))
+        return inner(row, point_of_no_return)
+
+    result = dispatch(crm, R, slow_sender, run_id="run-1", owner="t", try_number=1)
+
+    assert sorted(k for k, _, _ in log) == ["k0", "k1", "k3", "k4", "k5"]  # k2 never reached the channel's send
+    assert (result.sent, result.claim_lost) == (5, 1)
+    with crm.connect() as conn:
+        k2 = conn.execute(sa.select(N.c.state, N.c.claim_token, N.c.attempts).where(N.c.business_key == "k2")).one()
+    assert tuple(k2) == ("sending", "later-run#1", 0)  # left to the run that holds it

@@ -138,6 +138,21 @@ def test_should_reconnect_when_the_server_drops_the_connection(tmp_path, monkeyp
     assert channel.connects == 2
 
 
+def test_should_send_nothing_and_keep_the_connection_usable_when_the_ledger_says_stop(tmp_path, monkeypatch):
+    from crm.notify.ledger import ClaimLost
+
+    def lost() -> None:
+        raise ClaimLost("taken over")
+
+    with MailSink(tmp_path / "mail") as sink, SmtpChannel() as channel:
+        smtp_env(monkeypatch, sink)
+        with pytest.raises(ClaimLost):
+            channel.send(*message(0), point_of_no_return=lost)  # MAIL and RCPT went out, DATA must not
+        assert channel.send(*message(1)).state == "sent"  # same connection: the aborted transaction was reset
+        assert [m["To"] for m in sink.messages()] == ["r1@example.com"]
+    assert channel.connects == 1
+
+
 def test_should_give_up_with_a_retryable_failure_when_deferrals_persist(tmp_path, monkeypatch):
     handler = FaultyMailboxHandler(tmp_path / "mail", tempfail_every=1)
     with MailSink(tmp_path / "mail", handler=handler) as sink, SmtpChannel(transient_tries=3, backoff=0.01) as ch:

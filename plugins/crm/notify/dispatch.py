@@ -40,6 +40,7 @@ class DispatchResult:
     retryable: int
     unknown: int
     skipped: int
+    claim_lost: int
     requeued_from_crash: int
     unknown_from_crash: int
     seconds: float
@@ -169,13 +170,19 @@ def dispatch(
             recovered.unknown,
         )
     writers = [ledger.OutcomeWriter(crm, token) for _ in senders]
-    tally = {"sent": 0, "failed": 0, "retryable": 0, "unknown": 0, "skipped": 0}
+    tally = {"sent": 0, "failed": 0, "retryable": 0, "unknown": 0, "skipped": 0, "claim_lost": 0}
     lock = threading.Lock()
     last_log = started
 
     def work(sender: Sender, writer: ledger.OutcomeWriter, rows: Iterator[ledger.Claimed]) -> None:
         for row in rows:
-            outcome = sender(row, lambda row_id=row.id: writer.attempting(row_id))
+            try:
+                outcome = sender(row, lambda row_id=row.id: writer.attempting(row_id))
+            except ledger.ClaimLost as exc:  # another run adopted the row: it sends and records it
+                log.warning("row %d (%s): not sent: %s", row.id, row.business_key, exc)
+                with lock:
+                    tally["claim_lost"] += 1
+                continue
             writer.record(row.id, outcome)
             key = "retryable" if outcome.state == "failed" and outcome.retryable else outcome.state
             with lock:

@@ -391,7 +391,12 @@ class SmtpChannel:
                     last_error = f"recipient deferred: {detail}"
                     continue
                 if not marked:
-                    point_of_no_return()
+                    try:
+                        point_of_no_return()
+                    except Exception:  # e.g. the ledger says the row is no longer ours: end this transaction
+                        with contextlib.suppress(smtplib.SMTPException, OSError):
+                            client.rset()
+                        raise
                     marked = True
                 in_data = True
                 code, resp = client.data(data)

@@ -361,6 +361,10 @@ _RECORD = (
 )
 
 
+class ClaimLost(RuntimeError):
+    """The row was taken over (a run that found it stale adopted it) while this attempt held it: do not send."""
+
+
 class OutcomeWriter:
     """Commits, per message, "about to send" before the point of no return and the outcome right after.
 
@@ -381,19 +385,21 @@ class OutcomeWriter:
         self._attempting = _Prepared(_ATTEMPTING, target.dialect)
         self._record = _Prepared(_RECORD, target.dialect)
 
-    def _commit(self, prepared: _Prepared, values: Mapping[str, Any]) -> None:
+    def _commit(self, prepared: _Prepared, values: Mapping[str, Any]) -> int:
         if self._conn is None:
             self._conn = self.target.connect()
         conn = self._conn
         try:
             with conn.begin():
-                conn.exec_driver_sql(prepared.sql, prepared.params(values))
+                return conn.exec_driver_sql(prepared.sql, prepared.params(values)).rowcount
         except Exception:
             self.close()
             raise
 
     def attempting(self, row_id: int) -> None:
-        self._commit(self._attempting, {"row_id": row_id, "token": self.token, "now": utcnow()})
+        """Commit "about to send"; ClaimLost if the row is no longer this attempt's (then nothing may be sent)."""
+        if self._commit(self._attempting, {"row_id": row_id, "token": self.token, "now": utcnow()}) != 1:
+            raise ClaimLost(f"notification {row_id} is no longer claimed by {self.token}: another run took it over")
 
     def record(self, row_id: int, outcome: Outcome) -> None:
         now = utcnow()
