@@ -140,3 +140,19 @@ def pg_engine(pg_url: str) -> Iterator[Engine]:
         with admin.begin() as conn:
             conn.execute(sa.text(f'drop schema if exists "{schema}" cascade'))
         admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def crm_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    """An empty CRM (every table of the schema), once on a SQLite file and once on PostgreSQL."""
+    from crm.db import engine_from_url
+    from crm.db.crm_schema import metadata
+
+    if request.param == "sqlite":
+        engine = engine_from_url(f"sqlite:///{tmp_path / 'crm.db'}")
+    else:
+        engine = request.getfixturevalue("pg_engine")  # disposed, schema dropped, by pg_engine
+    metadata.create_all(engine)
+    yield engine
+    if request.param == "sqlite":
+        engine.dispose()

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from crm.db.crm_schema import account, account_class, account_history, company, metadata, user
+from crm.db.crm_schema import account, account_class, account_history, company, user
 from crm.jobs.account_changes import apply_changes
 
 BEFORE = dt.datetime(2026, 11, 22, 8, 0)  # the accounts' last save before the run
@@ -20,15 +20,9 @@ WRITE = dt.datetime(2026, 11, 22, 9, 0)  # the routine's write-back
 EDIT = dt.datetime(2026, 11, 22, 9, 30)  # a person saved account 3 while the routine was running
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def crm(request, tmp_path):
-    if request.param == "sqlite":
-        from crm.db import engine_from_url
-
-        engine = engine_from_url(f"sqlite:///{tmp_path / 'crm.db'}")
-    else:
-        engine = request.getfixturevalue("pg_engine")
-    metadata.create_all(engine)
+@pytest.fixture
+def crm(crm_engine):
+    engine = crm_engine
     with engine.begin() as conn:
         conn.execute(sa.insert(company), [{"id": 1, "code": "BR01", "name": "Aurora"}])
         conn.execute(sa.insert(user), [{"id": u, "login": f"u{u}", "name": f"U{u}"} for u in (1, 2)])
@@ -37,9 +31,7 @@ def crm(request, tmp_path):
             {"id": a, "company_id": 1, "person_type": "PF", "name": f"A{a}", "owner_id": 1, "class_id": 1,
              "created_at": BEFORE, "updated_at": EDIT if a == 3 else BEFORE} for a in (1, 2, 3, 4, 5)
         ])  # fmt: skip
-    yield engine
-    if request.param == "sqlite":
-        engine.dispose()
+    return engine
 
 
 def stamps(engine: sa.Engine) -> dict[int, dt.datetime]:

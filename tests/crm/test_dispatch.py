@@ -9,8 +9,6 @@ import time
 import pytest
 import sqlalchemy as sa
 
-from crm.db import engine_from_url
-from crm.db.crm_schema import metadata
 from crm.db.crm_schema import notification as N
 from crm.notify import ledger
 from crm.notify.dispatch import dispatch
@@ -20,14 +18,9 @@ BD = dt.date(2026, 11, 22)
 R = "crm_test_dispatch"
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def crm(request, tmp_path):
-    if request.param == "sqlite":
-        eng = engine_from_url(f"sqlite:///{tmp_path}/crm.db")
-    else:
-        eng = request.getfixturevalue("pg_engine")
-    metadata.create_all(eng)
-    return eng
+@pytest.fixture
+def crm(crm_engine):
+    return crm_engine
 
 
 def plan(crm, n: int, run_id: str = "run-1") -> None:

@@ -18,14 +18,9 @@ BD = dt.date(2026, 11, 22)
 R = "crm_test_routine"
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def crm(request, tmp_path):
-    if request.param == "sqlite":
-        eng = engine_from_url(f"sqlite:///{tmp_path}/crm.db")
-    else:
-        eng = request.getfixturevalue("pg_engine")
-    metadata.create_all(eng)
-    return eng
+@pytest.fixture
+def crm(crm_engine):
+    return crm_engine
 
 
 def items(n: int, skipped: int = 0) -> list[Planned]:
