@@ -125,11 +125,13 @@ def crm_task_reminders():
             },
             "samples": plan.samples if params["dry_run"] else [],
             "routine": routine,
+            "cutoff": window.cutoff.isoformat(),
         }
 
     @task
     def send_reminders(planned: dict) -> dict:
         """Claim, send and record every pending reminder of this run: e-mails over SMTP, SMS to the gateway."""
+        import datetime as dt
         from contextlib import ExitStack
 
         from crm.dag_helpers import run_facts
@@ -148,7 +150,8 @@ def crm_task_reminders():
                 {
                     "email": lambda: email_sender(stack.enter_context(SmtpChannel())),
                     "sms": lambda: sms_sender(stack.enter_context(SmsChannel())),
-                }
+                },
+                cutoff=dt.datetime.fromisoformat(planned["cutoff"]),
             )
             result = dispatch(
                 engine_for(CRM_DB),

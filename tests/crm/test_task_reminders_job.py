@@ -199,7 +199,8 @@ class Runs:
             self.sent.append((end, row.recipient, row.business_key, row.payload))
             return ledger.Outcome("sent")
 
-        dispatch(self.crm, job.ROUTINE, send, run_id=run_id, owner=f"t/{run_id}", try_number=1)
+        sender = job.routing_sender({"email": lambda: send, "sms": lambda: send}, cutoff=window.cutoff)  # as the DAG
+        dispatch(self.crm, job.ROUTINE, sender, run_id=run_id, owner=f"t/{run_id}", try_number=1)
         record_run(
             self.crm,
             dag_id=job.ROUTINE,
@@ -392,3 +393,20 @@ def test_should_send_a_reminder_a_failed_run_left_pending_when_the_next_run_catc
     assert plan.kinds["catch_up"] == 1 and len(runs.sent) == 2  # a retryable failure is caught up
     plan = runs.run(utc(2026, 5, 6, 16, 45))
     assert plan.kinds["catch_up"] == 0 and len(runs.sent) == 2  # sent now: left alone
+
+
+def test_should_report_missed_not_send_late_a_reminder_a_dead_run_left_in_the_hand_over(crm):
+    tid = add_task(crm, starts_at=dt.datetime(2026, 5, 4, 12), customer_offset_minutes=60)  # due on the 4th
+    window = Window(utc(2026, 5, 4, 18), None, GRACE)
+    job.write(crm, job.plan_reminders(crm, window), job.ROUTINE, run_id="dead", business_date=dt.date(2026, 5, 4))
+    # that run claimed its batch and died before the point of no return: the row stays 'sending', unattempted
+    assert ledger.claim(crm, job.ROUTINE, run_id="dead", token="dead/send#1", limit=10)
+    with crm.begin() as c:
+        c.execute(update(notification).values(claimed_at=dt.datetime(2026, 5, 4, 18, 1)))
+    runs = Runs(crm)
+
+    runs.run(utc(2026, 5, 7, 12))  # three days later: the row is adopted (stale), but long past the grace period
+
+    (row,) = rows(crm, tid)
+    assert (row["state"], row["reason"]) == ("skipped", "missed") and "not sent late" in row["last_error"]
+    assert runs.sent == []

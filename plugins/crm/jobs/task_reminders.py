@@ -350,6 +350,7 @@ def _plan_one(
     except (RenderError, TemplateProblem, HeaderInjection, SmsTooLong, ValueError) as exc:
         return ledger.Planned(recipient=recipient, state="failed", error=str(exc), **common)
     payload["occurrence"] = key
+    payload["send_at"] = due.send_at.astimezone(dt.UTC).isoformat()  # the send step re-checks the grace period
     return ledger.Planned(recipient=recipient, payload=payload, **common)
 
 
@@ -465,15 +466,24 @@ def write(
     }
 
 
-def routing_sender(senders: Mapping[str, Callable[[], Sender]]) -> Sender:
+def routing_sender(senders: Mapping[str, Callable[[], Sender]], *, cutoff: dt.datetime | None = None) -> Sender:
     """One Sender for a ledger holding several channels: each row goes to its payload's channel.
 
     The channel senders are built on first use, so a run with only e-mails never opens the SMS
-    gateway's session and vice versa.
+    gateway's session and vice versa. `cutoff` (this run's window end minus the grace period): a
+    reminder due at or before it is skipped as missed, never sent late — a row this run did not
+    plan (left pending by a run that died, adopted) is checked here, at send time.
     """
     built: dict[str, Sender] = {}
 
     def send(row: ledger.Claimed, point_of_no_return: Callable[[], None]) -> ledger.Outcome:
+        send_at = row.payload.get("send_at")
+        if cutoff is not None and send_at and dt.datetime.fromisoformat(send_at) <= cutoff:
+            return ledger.Outcome(
+                "skipped",
+                reason=MISSED,
+                error=f"due at {send_at} (UTC), more than the grace period before this run: not sent late",
+            )
         channel = row.payload.get("channel", "email")
         if channel not in senders:
             return ledger.Outcome("failed", error=f"no sender for channel {channel!r}")
