@@ -16,7 +16,7 @@ import pytest
 import sqlalchemy as sa
 
 from crm.db import engine_from_url
-from crm.jobs import purchase_profile as job
+from tests.crm.test_purchase_profile_job import run as run_job
 from tests.dags.test_purchase_profile_dag import assert_profiles_match
 
 BD = dt.date(2026, 11, 22)
@@ -42,20 +42,11 @@ def var(seeded: Path, tmp_path: Path) -> Path:
 def run(var: Path, day: dt.date, run_id: str, **kw) -> dict:
     crm = engine_from_url(f"sqlite:///{var / 'crm.db'}")
     erp = engine_from_url(f"sqlite:///{var / 'erp.db'}")
-    result = job.compute(crm, erp, day, **kw)
-    now = dt.datetime.combine(day, dt.time(11, 0), dt.UTC)
-    summary = job.load(
-        crm,
-        result,
-        business_date=day,
-        run_id=run_id,
-        run_after=now,
-        started_at=now,
-        audience_code=kw.get("audience_code"),
-    )
-    crm.dispose()
-    erp.dispose()
-    return summary
+    try:
+        return run_job(crm, erp, day, run_id, **kw)
+    finally:
+        crm.dispose()
+        erp.dispose()
 
 
 def sql(var: Path, statement: str, *params) -> list[tuple]:
