@@ -166,3 +166,120 @@ def test_should_find_accounts_the_same_way_whatever_the_range_of_customer_codes(
     assert (got["erp_customer_code"] - offset).tolist() == small["erp_customer_code"].tolist()
     counted = ~inv["cancelled"] & (inv["customer_code"] < 300) & (inv["issue_date"] <= pd.Timestamp(BD))
     assert small["purchase_count"].sum() == int(counted.sum())
+
+
+# --- resuming stored profiles with new invoices (incremental runs) ---------------------------------
+
+
+def resumed(stored: pd.DataFrame, new: pd.DataFrame, new_quotes: pd.DataFrame | None = None, **kw) -> pd.DataFrame:
+    """Stored profiles (rows of `result()`) carried forward with changed invoices, as the incremental run does."""
+    acc = ProfileAccumulator(stored[["account_id", "erp_customer_code"]], kw.pop("business_date", BD))
+    acc.resume(stored, **kw)
+    acc.add_new_invoices(new)
+    if new_quotes is not None:
+        acc.add_last_quotes(new_quotes)
+    return acc.result()
+
+
+def test_should_record_the_highest_counted_invoice_id_as_the_high_water():
+    inv = invoices(
+        [
+            (5, 1, "2026-01-01", 1.0, "NF-5", False),
+            (9, 1, "2026-02-01", 1.0, "NF-9", True),  # cancelled: not counted, not the high water
+            (7, 1, "2026-12-01", 1.0, "NF-7", False),  # after the business date: not counted either
+        ]
+    )
+    result = compute_profiles(accounts(1, 2), inv, quotes([]), BD)
+    assert profile_of(result, 10)["erp_invoice_high_water"] == 5
+    assert pd.isna(profile_of(result, 20)["erp_invoice_high_water"])  # no invoice counted
+
+
+def test_should_keep_the_stored_first_purchase_and_give_the_last_to_a_new_same_day_invoice():
+    old = invoices([(10, 1, "2026-03-01", 40.0, "NF-10", False), (20, 1, "2026-10-10", 70.0, "NF-20", False)])
+    stored = compute_profiles(accounts(1), old, quotes([]), BD)
+    new = invoices(
+        [
+            (30, 1, "2026-03-01", 5.0, "NF-30", False),  # same day as the first purchase, entered later
+            (31, 1, "2026-10-10", 8.0, "NF-31", False),  # same day as the last purchase, entered later
+        ]
+    )
+    p = profile_of(resumed(stored, new), 10)
+    assert (p["first_purchase_date"], p["first_purchase_value"]) == (pd.Timestamp("2026-03-01"), 40.0)
+    assert (p["last_purchase_date"], p["last_purchase_value"]) == (pd.Timestamp("2026-10-10"), 8.0)
+    assert (p["last_invoice_number"], p["purchase_count"], p["accumulated_value"]) == ("NF-31", 4, 123.0)
+    assert p["erp_invoice_high_water"] == 31
+
+
+def test_should_let_a_backdated_new_invoice_become_the_first_purchase():
+    stored = compute_profiles(accounts(1), invoices([(10, 1, "2026-03-01", 40.0, "NF-10", False)]), quotes([]), BD)
+    p = profile_of(resumed(stored, invoices([(11, 1, "2025-12-31", 9.0, "NF-11", False)])), 10)
+    assert (p["first_purchase_date"], p["first_purchase_value"]) == (pd.Timestamp("2025-12-31"), 9.0)
+    assert (p["last_purchase_date"], p["last_invoice_number"]) == (pd.Timestamp("2026-03-01"), "NF-10")
+
+
+def test_should_give_a_first_purchase_to_an_account_that_had_none():
+    stored = compute_profiles(accounts(1), invoices([]), quotes([(1, "2026-05-05")]), BD)
+    p = profile_of(resumed(stored, invoices([(3, 1, "2026-11-20", 12.5, "NF-3", False)])), 10)
+    assert (p["purchase_count"], p["accumulated_value"], p["days_since_last_purchase"]) == (1, 12.5, 2)
+    assert p["first_purchase_date"] == p["last_purchase_date"] == pd.Timestamp("2026-11-20")
+    assert p["last_quote_date"] == pd.Timestamp("2026-05-05")  # kept
+
+
+def test_should_take_only_invoices_above_the_high_water_it_resumed_with():
+    old = invoices([(10, 1, "2026-03-01", 40.0, "NF-10", False), (20, 1, "2026-04-01", 60.0, "NF-20", False)])
+    stored = compute_profiles(accounts(1), old, quotes([]), BD)
+    changed = invoices(
+        [
+            (20, 1, "2026-04-01", 60.0, "NF-20", False),  # already counted (an overlap re-read): not twice
+            (25, 1, "2026-05-01", 1.0, "NF-25", True),  # cancelled: not counted
+            (26, 1, "2026-12-25", 1.0, "NF-26", False),  # after the business date: not counted
+            (27, 1, "2026-06-01", 2.0, "NF-27", False),
+        ]
+    )
+    acc = ProfileAccumulator(accounts(1), BD)
+    acc.resume(stored)
+    acc.add_new_invoices(changed.iloc[[3]])
+    acc.add_new_invoices(changed.iloc[[0, 1, 2]])  # a later chunk with lower ids is still above the resumed mark
+    p = profile_of(acc.result(), 10)
+    assert (p["purchase_count"], p["accumulated_value"], p["erp_invoice_high_water"]) == (3, 102.0, 27)
+
+
+def test_should_ignore_changed_invoices_of_accounts_that_were_not_resumed():
+    stored = compute_profiles(accounts(1), invoices([(10, 1, "2026-03-01", 40.0, "NF-10", False)]), quotes([]), BD)
+    acc = ProfileAccumulator(accounts(1, 2), BD)
+    acc.resume(stored)
+    acc.add_new_invoices(invoices([(11, 2, "2026-03-02", 5.0, "NF-11", False)]))  # account 2 reads all its invoices
+    assert profile_of(acc.result(), 20)["purchase_count"] == 0
+
+
+def test_should_drop_the_stored_last_quote_when_it_is_read_again():
+    stored = compute_profiles(accounts(1, 2), invoices([]), quotes([(1, "2026-06-01"), (2, "2026-06-01")]), BD)
+    # customer 1's quote moved back to April (read again); customer 2's quotes did not change
+    result = resumed(stored, invoices([]), quotes([(1, "2026-04-01")]), keep_last_quote=np.array([False, True]))
+    assert profile_of(result, 10)["last_quote_date"] == pd.Timestamp("2026-04-01")
+    assert profile_of(result, 20)["last_quote_date"] == pd.Timestamp("2026-06-01")
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4, 5])
+def test_should_resume_to_the_same_profiles_as_a_recomputation(seed):
+    rng = np.random.default_rng(seed)
+    n = 3_000
+    days = pd.Timestamp("2025-06-01") + pd.to_timedelta(rng.integers(0, 560, n), unit="D")  # some after BD
+    inv = pd.DataFrame(
+        {
+            "invoice_id": np.arange(1, n + 1),
+            "customer_code": rng.integers(1, 200, n),
+            "issue_date": days.to_numpy(),
+            "total_value": np.round(rng.uniform(0.01, 900, n), 2),
+            "invoice_number": [f"NF-{i}" for i in range(1, n + 1)],
+            "cancelled": rng.random(n) < 0.1,
+        }
+    )
+    inv.loc[rng.random(n) < 0.3, "issue_date"] = pd.Timestamp("2026-02-02")  # many same-day invoices
+    acc_frame = accounts(*range(1, 200))
+    cut = int(rng.integers(n // 4, 3 * n // 4))
+    old, new = inv[inv["invoice_id"] <= cut], inv[inv["invoice_id"] > cut]
+    stored = compute_profiles(acc_frame, old, quotes([]), BD)
+    want = compute_profiles(acc_frame, inv, quotes([]), BD)
+    got = resumed(stored, new.sample(frac=1.0, random_state=seed))  # changed rows come in any order
+    pd.testing.assert_frame_equal(got, want)

@@ -162,3 +162,143 @@ def test_should_fall_back_to_a_full_run_after_a_run_that_recorded_no_crm_waterma
     summary = run(var, BD, "after-upgrade")
 
     assert summary["mode"] == "full" and "no CRM watermark" in summary["mode_reason"]
+
+
+# --- new invoices are added to the stored profile; edited ones make the account recomputed -------------
+
+
+def erp(var: Path, statement: str, *params) -> list[tuple]:
+    with sqlite3.connect(var / "erp.db") as conn:
+        return conn.execute(statement, params).fetchall()
+
+
+def linked_customers(var: Path, n: int) -> list[int]:
+    """ERP customers with purchases and a CRM account (the account's profile counts some invoices)."""
+    codes = {r[0] for r in sql(var, "SELECT erp_customer_code FROM crm_account WHERE erp_customer_code IS NOT NULL")}
+    bought = [r[0] for r in erp(var, "SELECT DISTINCT customer_code FROM invoice WHERE NOT cancelled ORDER BY 1")]
+    return [c for c in bought if c in codes][:n]
+
+
+def counted_invoices(var: Path, code: int) -> int:
+    return erp(var, "SELECT COUNT(*) FROM invoice WHERE customer_code = ? AND NOT cancelled", code)[0][0]
+
+
+def new_invoice(var: Path, code: int, day: dt.date, value: float, written: str = EDITED, number: str = "NEW") -> int:
+    with sqlite3.connect(var / "erp.db") as conn:
+        company, series = conn.execute("SELECT company_code, series FROM invoice LIMIT 1").fetchone()
+        cur = conn.execute(
+            "INSERT INTO invoice (customer_code, company_code, series, number, issue_date, total_value, cancelled,"
+            " updated_at) VALUES (?, ?, ?, ?, ?, ?, 0, ?)",
+            (code, company, series, number, day.isoformat(), value, written),
+        )
+        return int(cur.lastrowid)
+
+
+def quiet_watermark(var: Path) -> None:
+    """Move every ERP stamp out of the watermark overlap, so the next run sees only the test's own changes."""
+    for table in ("invoice", "quote"):
+        erp(var, f"UPDATE {table} SET updated_at = '2026-01-01 00:00:00.000000'")
+    # The watermark: one invoice of a customer no account points at, written months after the others.
+    erp(
+        var,
+        "UPDATE invoice SET updated_at = '2026-06-01 00:00:00.000000' WHERE id ="
+        " (SELECT MIN(id) FROM invoice WHERE customer_code = ?)",
+        unclaimed_erp_codes(var)[0],
+    )
+
+
+def test_should_add_new_invoices_to_the_stored_profiles_without_rereading_those_customers(var):
+    quiet_watermark(var)
+    run(var, BD, "full", full_refresh=True)
+    first, tie, other = linked_customers(var, 3)
+    last_day = dt.date.fromisoformat(
+        erp(var, "SELECT MAX(issue_date) FROM invoice WHERE customer_code = ? AND NOT cancelled", tie)[0][0]
+    )
+    new_invoice(var, first, BD, 10.0)
+    new_invoice(var, tie, last_day, 20.0, number="TIE")  # same day as its last purchase, entered later: now the last
+    new_invoice(var, other, dt.date(2000, 1, 1), 30.0)  # backdated: now its first purchase
+
+    summary = run(var, BD, "incremental")
+
+    assert (summary["accounts_extended"], summary["accounts_recomputed"]) == (3, 0)
+    # read: the three new invoices and the watermark's own row (no account points at it), nothing else
+    assert (summary["updated"], summary["invoices_read"]) == (3, 4)
+    assert_profiles_match(var)
+    tie_account = sql(var, "SELECT id FROM crm_account WHERE erp_customer_code = ?", tie)[0][0]
+    assert sql(var, "SELECT last_invoice_number FROM crm_account_profile WHERE account_id = ?", tie_account) == [
+        ("TIE",)
+    ]
+
+
+def test_should_recompute_a_customer_whose_counted_invoice_was_edited(var):
+    quiet_watermark(var)
+    run(var, BD, "full", full_refresh=True)
+    edited, added = linked_customers(var, 2)
+    erp(
+        var,
+        "UPDATE invoice SET total_value = total_value + 1000, updated_at = ? WHERE id ="
+        " (SELECT MIN(id) FROM invoice WHERE customer_code = ? AND NOT cancelled)",
+        EDITED,
+        edited,
+    )
+    new_invoice(var, added, BD, 5.0)
+
+    summary = run(var, BD, "incremental")
+
+    assert (summary["accounts_recomputed"], summary["accounts_extended"], summary["updated"]) == (1, 1, 2)
+    assert_profiles_match(var)
+
+
+def test_should_recompute_a_customer_whose_invoice_below_the_high_water_appears_late(var):
+    late_customer = next(c for c in linked_customers(var, 50) if counted_invoices(var, c) >= 2)
+    # An invoice the ERP had not committed when the full run read (lower id than invoices already read).
+    late = erp(
+        var, "SELECT * FROM invoice WHERE customer_code = ? AND NOT cancelled ORDER BY id LIMIT 1", late_customer
+    )
+    erp(var, "DELETE FROM invoice WHERE id = ?", late[0][0])
+    quiet_watermark(var)
+    run(var, BD, "full", full_refresh=True)
+    columns = [r[1] for r in erp(var, "PRAGMA table_info(invoice)")]
+    row = dict(zip(columns, late[0], strict=True)) | {"updated_at": EDITED}
+    erp(var, f"INSERT INTO invoice ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})", *row.values())
+
+    summary = run(var, BD, "incremental")
+
+    assert (summary["accounts_recomputed"], summary["accounts_extended"]) == (1, 0)
+    assert_profiles_match(var)
+
+
+def test_should_count_invoices_dated_in_the_days_the_business_date_moved_over(var):
+    """An invoice entered ahead of its date is seen on the day it falls due, above or below the high water."""
+    above, below = linked_customers(var, 2)
+    next_day = BD + dt.timedelta(days=1)
+    new_invoice(var, above, next_day, 7.0, written="2026-01-01 00:00:00.000000")  # its latest invoice
+    new_invoice(var, below, next_day, 8.0, written="2026-01-01 00:00:00.000000")
+    new_invoice(var, below, BD, 9.0, written="2026-01-01 00:00:00.000000")  # a later one, counted now
+    quiet_watermark(var)
+    run(var, BD, "full", full_refresh=True)
+
+    summary = run(var, next_day, "next-day")
+
+    assert summary["mode"] == "incremental"
+    assert (summary["accounts_extended"], summary["accounts_recomputed"]) == (1, 1)
+    assert_profiles_match(var, next_day)
+
+
+def test_should_read_the_last_quote_again_when_a_quote_changed(var):
+    quiet_watermark(var)
+    run(var, BD, "full", full_refresh=True)
+    code, last_quote = erp(
+        var,
+        "SELECT customer_code, MAX(quote_date) FROM quote WHERE quote_date <= ? AND customer_code IN"
+        " (SELECT customer_code FROM quote GROUP BY customer_code HAVING COUNT(*) = 1) GROUP BY customer_code LIMIT 1",
+        BD.isoformat(),
+    )[0]
+    erp(var, "UPDATE quote SET quote_date = '2020-02-02', updated_at = ? WHERE customer_code = ?", EDITED, code)
+
+    summary = run(var, BD, "incremental")
+
+    linked = sql(var, "SELECT 1 FROM crm_account WHERE erp_customer_code = ?", code)
+    assert summary["accounts_recomputed"] == 0 and summary["accounts_extended"] == len(linked)
+    assert summary["updated"] == len(linked) and last_quote > "2020-02-02"
+    assert_profiles_match(var)

@@ -88,6 +88,7 @@ ROWS = [
         (1, 10, D(2026, 4, 1), 10.0, "open", T0),
         (2, 10, D(2026, 6, 1), 10.0, "open", T0),
         (3, 20, D(2026, 12, 30), 10.0, "open", T0),  # after the business date
+        (4, 10, D(2026, 1, 2), 10.0, "open", LATER),  # an older quote, written LATER
     ),
     rows(
         E.receivable,
@@ -152,6 +153,7 @@ PARAMS: dict[str, dict[str, Any]] = {
     "erp/customer_next_code": {},
     "erp/customer_reference": {},
     "erp/customers_by_code": {"codes": [10, 20, 99]},
+    "erp/invoice_changes": {"since": LATER, "window_start": dt.date(2026, 11, 19), "business_date": BD},
     "erp/invoice_items": {"invoice_ids": [1, 3]},
     "erp/invoices": {"business_date": BD},
     "erp/invoices_by_customer": {"business_date": BD, "customer_codes": [10]},
@@ -240,8 +242,15 @@ def test_should_read_the_invoices_of_the_asked_customers_up_to_the_business_date
 
 def test_should_find_changed_customers_and_the_watermark(source_db):
     changed = read_frame(source_db, "erp/purchase_changes", PARAMS["erp/purchase_changes"])
-    # 10: invoice 2 written at LATER; 20: invoice 5 dated inside (2026-11-19, BD]
-    assert sorted(changed["customer_code"]) == [10, 20]
+    # 10: invoice 2 and quote 4 written at LATER; 20: invoice 5 dated inside (2026-11-19, BD]
+    assert sorted(records(changed), key=lambda r: (r["customer_code"], r["changed_quotes"])) == [
+        {"customer_code": 10, "first_invoice_id": 2, "changed_quotes": 0},
+        {"customer_code": 10, "first_invoice_id": None, "changed_quotes": 1},
+        {"customer_code": 20, "first_invoice_id": 5, "changed_quotes": 0},
+    ]
+    rows = read_frame(source_db, "erp/invoice_changes", PARAMS["erp/invoice_changes"])
+    assert sorted(rows["invoice_id"]) == [2, 5]  # the same invoices, whole
+    assert bool(rows.set_index("invoice_id").loc[2, "cancelled"]) is True
     none = read_frame(
         source_db,
         "erp/purchase_changes",

@@ -67,9 +67,10 @@ def test_should_count_only_really_changed_rows_as_updated(engine):
     res = upsert(engine, account_profile, frame, ["account_id"], compare_columns=FIELDS, chunk_rows=9)
     assert (res.inserted, res.updated, res.unchanged) == (40, 3, 57)
     rows = {r[0]: r for r in table_rows(engine)}
-    assert rows[5][7] == 99 and rows[5][12] == "r2"
-    assert rows[7][12] == "r1"
-    assert str(rows[3][2]) == "2025-05-05"
+    col = {c.name: i for i, c in enumerate(account_profile.columns)}
+    assert rows[5][col["purchase_count"]] == 99 and rows[5][col["run_id"]] == "r2"
+    assert rows[7][col["run_id"]] == "r1"
+    assert str(rows[3][col["first_purchase_date"]]) == "2025-05-05"
 
 
 @pytest.mark.parametrize("precount_max_rows", [0, 10_000], ids=["row-count", "key-precount"])

@@ -294,6 +294,12 @@ account_profile = Table(
     Column("last_quote_date", Date),
     Column("days_since_last_purchase", Integer),
     Column("last_invoice_number", String(40)),
+    Column(
+        "erp_invoice_high_water",
+        Integer,
+        doc="highest ERP invoice_id counted in the profile (null: none). An incremental run adds invoices above"
+        " it to the stored profile instead of re-reading the customer (crm.jobs.purchase_profile)",
+    ),
     Column("business_date", Date, nullable=False, doc="business date the profile was computed for"),
     Column("run_id", String(250), nullable=False, doc="Airflow run that last changed the row"),
     Column("updated_at", DateTime, nullable=False),

@@ -37,6 +37,7 @@ from sqlalchemy import Connection, Date, Engine, Integer, cast, delete, func, li
 
 from crm.db import upsert, write_transaction
 from crm.db.crm_schema import account, account_profile, audience, audience_member
+from crm.db.frames import select_frame
 from crm.routines.purchase_profile import PROFILE_FIELDS, ProfileAccumulator
 from crm.runs import last_successful_run, naive_utc, record_run
 from crm.sources import iter_frames, read_frame
@@ -63,6 +64,11 @@ class ComputeResult:
     stats: dict[str, Any] = field(default_factory=dict)
     # Accounts whose profile goes (they lost their ERP code); None: every account in scope without a code.
     drop_account_ids: list[int] | None = None
+    # Incremental runs: the ERP customers whose invoices were all read again (the others in `profiles` were
+    # extended with their new invoices), and the ERP change window that was read.
+    reread_codes: list[int] = field(default_factory=list)
+    reread_quote_codes: list[int] = field(default_factory=list)
+    changes_window: dict[str, Any] = field(default_factory=dict)
 
 
 def scope_of(audience_code: str | None) -> str:
@@ -110,20 +116,26 @@ def compute(
     previous = last_successful_run(crm, DAG_ID)
     mode, reason = _mode(previous, scope, business_date, full_refresh)
     drop: list[int] | None = None
+    extended = 0
+    codes: list[int] = []
+    quote_codes: list[int] = []
+    window: dict[str, Any] = {}
     if mode == "incremental":
         assert previous is not None and previous.watermark is not None
-        changed = read_frame(
-            erp,
-            "erp/purchase_changes",
-            {
-                "since": previous.watermark - WATERMARK_OVERLAP,
-                "window_start": previous.business_date,
-                "business_date": business_date,
-            },
-        )["customer_code"]
+        window = {
+            "since": previous.watermark - WATERMARK_OVERLAP,
+            "window_start": previous.business_date,
+            "business_date": business_date,
+        }
+        changed = read_frame(erp, "erp/purchase_changes", window)
         crm_since = dt.datetime.fromisoformat(previous.summary["crm_watermark"]) - WATERMARK_OVERLAP
-        accounts, drop = _changed_accounts(crm, audience_id, changed.to_numpy(dtype=np.int64), crm_since)
-        codes = accounts["erp_customer_code"].tolist()
+        todo = _incremental_plan(crm, audience_id, changed, crm_since, previous.business_date)
+        drop, extended = todo.drop, len(todo.extend)
+        accounts = pd.concat([todo.recompute, todo.extend[["account_id", "erp_customer_code"]]], ignore_index=True)
+        acc = ProfileAccumulator(accounts, business_date)
+        acc.resume(todo.extend, keep_last_quote=~todo.extend["quotes_changed"].to_numpy(dtype=bool))
+        codes = todo.recompute["erp_customer_code"].tolist()
+        quote_codes = codes + todo.extend.loc[todo.extend["quotes_changed"], "erp_customer_code"].tolist()
         invoices = iter_frames(
             erp,
             "erp/invoices_by_customer",
@@ -133,16 +145,27 @@ def compute(
         quotes = iter_frames(
             erp,
             "erp/last_quotes_by_customer",
-            {"business_date": business_date, "customer_codes": codes},
+            {"business_date": business_date, "customer_codes": quote_codes},
             chunk_rows=chunk_rows,
         )
+        log.info(
+            "purchase profile: %s run (%s): %d accounts to recompute, %d to extend with new invoices",
+            mode,
+            reason,
+            len(todo.recompute),
+            extended,
+        )
+        if extended:
+            for i, chunk in enumerate(iter_frames(erp, "erp/invoice_changes", window, chunk_rows=chunk_rows), 1):
+                acc.add_new_invoices(chunk)
+                log.info("purchase profile: changed-invoice chunk %d folded (%d rows)", i, len(chunk))
     else:
         accounts, _ = accounts_in_scope(crm, audience_code)
+        acc = ProfileAccumulator(accounts, business_date)
         invoices = iter_frames(erp, "erp/invoices", {"business_date": business_date}, chunk_rows=chunk_rows)
         quotes = iter_frames(erp, "erp/last_quotes", {"business_date": business_date}, chunk_rows=chunk_rows)
-    log.info("purchase profile: %s run (%s), %d accounts to compute", mode, reason, len(accounts))
+        log.info("purchase profile: %s run (%s), %d accounts to compute", mode, reason, len(accounts))
 
-    acc = ProfileAccumulator(accounts, business_date)
     for i, chunk in enumerate(invoices, 1):
         acc.add_invoices(chunk)
         log.info("purchase profile: invoice chunk %d folded (%d invoices read so far)", i, acc.invoices_seen)
@@ -153,15 +176,25 @@ def compute(
         "mode": mode,
         "mode_reason": reason,
         "accounts_in_scope": _count_with_code(crm, audience_id),
-        "accounts_recomputed": len(profiles),
+        "accounts_recomputed": len(profiles) - extended,
+        "accounts_extended": extended,
         "skipped_no_erp_code": _count_without_code(crm, audience_id),
         "invoices_read": acc.invoices_seen,
         "invoices_counted": acc.invoices_counted,
         "crm_watermark": crm_watermark.isoformat(sep=" ") if crm_watermark else None,
+        "erp_changes_since": window["since"].isoformat(sep=" ") if window else None,
         "compute_seconds": round(time.perf_counter() - started, 3),
     }
     return ComputeResult(
-        profiles=profiles, mode=mode, scope=scope, watermark=watermark, stats=stats, drop_account_ids=drop
+        profiles=profiles,
+        mode=mode,
+        scope=scope,
+        watermark=watermark,
+        stats=stats,
+        drop_account_ids=drop,
+        reread_codes=codes,
+        reread_quote_codes=quote_codes,
+        changes_window=window,
     )
 
 
@@ -193,7 +226,7 @@ def load(
         refreshed = refresh_days_since(conn, business_date, run_id, run_after, audience_id)
         summary = {
             **result.stats,
-            "accounts_considered": result.stats["accounts_recomputed"],
+            "accounts_considered": len(result.profiles),
             "inserted": res.inserted,
             "updated": res.updated,
             "unchanged": res.unchanged,
@@ -274,23 +307,84 @@ def _mode(previous: Any, scope: str, business_date: dt.date, full_refresh: bool)
     return "incremental", f"changes since {previous.watermark} (run {previous.run_id})"
 
 
-def _changed_accounts(
-    crm: Engine, audience_id: int | None, erp_codes: np.ndarray, crm_since: dt.datetime
-) -> tuple[pd.DataFrame, list[int]]:
-    """Accounts to recompute (by ERP change or CRM change) and accounts whose profile must go.
+@dataclass
+class IncrementalPlan:
+    """What an incremental run does with each account it touches."""
 
-    Index lookups only (ERP codes, `updated_at`, an audience's members): never a scan of every account.
+    recompute: pd.DataFrame  # account_id, erp_customer_code: every invoice of theirs is read again
+    extend: pd.DataFrame  # stored profiles (the columns of ProfileAccumulator.result) + quotes_changed
+    drop: list[int]  # accounts whose profile goes (they lost their ERP code)
+
+
+_STORED = [
+    "erp_customer_code",
+    "first_purchase_date",
+    "first_purchase_value",
+    "last_purchase_date",
+    "last_purchase_value",
+    "accumulated_value",
+    "purchase_count",
+    "last_quote_date",
+    "last_invoice_number",
+    "erp_invoice_high_water",
+]
+
+
+def _incremental_plan(
+    crm: Engine, audience_id: int | None, changed: pd.DataFrame, crm_since: dt.datetime, previous_day: dt.date
+) -> IncrementalPlan:
+    """Sort the accounts an incremental run touches into recomputed, extended and dropped.
+
+    An account of a changed ERP customer is extended (its new invoices added to its stored profile)
+    when its profile is for its current code, was computed for the previous run's business date, and
+    every changed invoice of the customer is above the profile's high water; otherwise (an invoice
+    the profile counts was edited, cancelled or re-dated; no profile yet) it is recomputed. CRM-side
+    changes (a code gained or changed) and new audience members are recomputed; a code lost drops the
+    profile. Index lookups only (ERP codes, `updated_at`, an audience's members): never a scan of
+    every account.
     """
     a, p = account, account_profile
+    per_code = (
+        changed.assign(first_invoice_id=changed["first_invoice_id"].astype("float64"))
+        .groupby("customer_code", sort=True)
+        .agg(first_invoice_id=("first_invoice_id", "min"), changed_quotes=("changed_quotes", "sum"))
+    )
+    codes = per_code.index.to_numpy(dtype=np.int64).tolist()
     parts: list[pd.DataFrame] = []
-    with crm.connect() as conn:
-        codes = np.unique(erp_codes).tolist()
-        for start in range(0, len(codes), _LOOKUP_BATCH):
-            stmt = select(a.c.id, a.c.erp_customer_code).where(
-                a.c.erp_customer_code.in_(codes[start : start + _LOOKUP_BATCH])
+    for start in range(0, len(codes), _LOOKUP_BATCH):
+        stmt = _in_audience(
+            select(
+                a.c.id,
+                a.c.erp_customer_code,
+                p.c.account_id.is_not(None),
+                p.c.erp_customer_code,
+                p.c.business_date,
+                *[p.c[name] for name in _STORED[1:]],
             )
-            parts.append(_pairs(conn.execute(_in_audience(stmt, audience_id)).cursor.fetchall()))
+            .select_from(a.outerjoin(p, p.c.account_id == a.c.id))
+            .where(a.c.erp_customer_code.in_(codes[start : start + _LOOKUP_BATCH])),
+            audience_id,
+        )
+        columns = ["account_id", "erp_customer_code", "has_profile", "profiled_code", "profile_day", *_STORED[1:]]
+        parts.append(select_frame(crm, stmt, columns))
+    found = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
+    found["account_id"] = found["account_id"].astype(np.int64)
+    found["erp_customer_code"] = found["erp_customer_code"].astype(np.int64)
+    change = per_code.reindex(found["erp_customer_code"].to_numpy())
+    high_water = pd.to_numeric(found["erp_invoice_high_water"]).to_numpy(dtype=np.float64, na_value=np.nan)
+    first_changed = change["first_invoice_id"].to_numpy(dtype=np.float64)
+    profile_day = pd.to_datetime(found["profile_day"]).to_numpy().astype("datetime64[D]")
+    profiled_code = pd.to_numeric(found["profiled_code"]).to_numpy(dtype=np.float64, na_value=np.nan)
+    extend = (
+        found["has_profile"].astype(bool).to_numpy()
+        & (profiled_code == found["erp_customer_code"].to_numpy())
+        & (profile_day == np.datetime64(previous_day, "D"))
+        & (np.isnan(first_changed) | (first_changed > np.nan_to_num(high_water, nan=-1.0)))
+    )
+    found["quotes_changed"] = change["changed_quotes"].to_numpy() > 0
+    recompute = [found.loc[~extend, ["account_id", "erp_customer_code"]]]
 
+    with crm.connect() as conn:
         touched = _in_audience(
             select(a.c.id, a.c.erp_customer_code, p.c.account_id.is_not(None), p.c.erp_customer_code)
             .select_from(a.outerjoin(p, p.c.account_id == a.c.id))
@@ -305,7 +399,7 @@ def _changed_accounts(
                     drop.append(int(account_id))
             elif not has_profile or profiled_code != code:
                 stale.append((account_id, code))
-        parts.append(_pairs(stale))
+        recompute.append(_pairs(stale))
 
         if audience_id is not None:  # joining an audience does not touch the account
             missing = _in_audience(
@@ -314,9 +408,14 @@ def _changed_accounts(
                 .where(a.c.erp_customer_code.is_not(None), p.c.account_id.is_(None)),
                 audience_id,
             )
-            parts.append(_pairs(conn.execute(missing).cursor.fetchall()))
-    accounts = pd.concat(parts, ignore_index=True).drop_duplicates("account_id", ignore_index=True)
-    return accounts, drop
+            recompute.append(_pairs(conn.execute(missing).cursor.fetchall()))
+    again = pd.concat(recompute, ignore_index=True).drop_duplicates("account_id", ignore_index=True)
+    extended = found.loc[extend & ~found["account_id"].isin(again["account_id"]).to_numpy()]
+    return IncrementalPlan(
+        recompute=again,
+        extend=extended[["account_id", *_STORED, "quotes_changed"]].reset_index(drop=True),
+        drop=drop,
+    )
 
 
 def _in_audience(stmt: Any, audience_id: int | None) -> Any:

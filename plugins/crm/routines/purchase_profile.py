@@ -13,6 +13,11 @@ The nine fields, per account, from its ERP invoices and quotes:
 
 An account with no purchase gets null dates/values/number and a zero count and value.
 
+Each profile also keeps its high water: the highest invoice_id it counts. Invoices above it are
+not in the profile, so they can be added to it later (`ProfileAccumulator.resume`) with the same
+result as recomputing from every invoice: a new invoice on the day of the first purchase never
+beats it (its id is higher), one on the day of the last purchase always does.
+
 Invoices arrive in chunks (`add_invoices`), folded into per-account arrays with
 numpy scatter-reductions, so memory is O(accounts), not O(invoices), and nothing
 is sorted.
@@ -72,6 +77,9 @@ class ProfileAccumulator:
         self.last_value = np.full(n, np.nan)
         self.last_number = np.full(n, None, dtype=object)
         self.last_quote_day = np.full(n, _NO_LAST, dtype=np.int64)
+        self.high_water = np.full(n, -1, dtype=np.int64)
+        # High water each account was resumed with (`resume`); no invoice is above it for the others.
+        self._resumed_high_water = np.full(n, _NO_FIRST, dtype=np.int64)
         self.invoices_seen = 0
         self.invoices_counted = 0
 
@@ -92,6 +100,24 @@ class ProfileAccumulator:
     def add_invoices(self, chunk: pd.DataFrame) -> None:
         """Fold one chunk of invoices (the erp/invoices.sql contract) into the state."""
         self.invoices_seen += len(chunk)
+        self._fold(chunk)
+
+    def add_new_invoices(self, chunk: pd.DataFrame) -> None:
+        """Fold changed invoices (erp/invoice_changes.sql) into the resumed accounts, counting none twice.
+
+        Only invoices above the high water an account was resumed with are taken: the profile already
+        counts the others (an edited one means a recomputation, decided before). Rows of other
+        accounts are ignored: those accounts read all their invoices through `add_invoices`.
+        """
+        self.invoices_seen += len(chunk)
+        if chunk.empty or not len(self._codes):
+            return
+        pos, known = self._index(chunk["customer_code"].to_numpy())
+        above = known & (chunk["invoice_id"].to_numpy(dtype=np.int64) > self._resumed_high_water[pos])
+        if above.any():
+            self._fold(chunk[above])
+
+    def _fold(self, chunk: pd.DataFrame) -> None:
         if chunk.empty or not len(self._codes):
             return
         pos, known = self._index(chunk["customer_code"].to_numpy())
@@ -123,6 +149,44 @@ class ProfileAccumulator:
         self.last_value[i[win]] = value[win]
         self.last_number[i[win]] = number[win]
         np.maximum(self.last_key, chunk_last, out=self.last_key)
+        np.maximum.at(self.high_water, i, ids)
+
+    def resume(self, stored: pd.DataFrame, *, keep_last_quote: bool | np.ndarray = True) -> None:
+        """Start some accounts from their stored profiles (the columns of `result()`) instead of from nothing.
+
+        Only invoices above each profile's `erp_invoice_high_water` may be added afterwards (the caller
+        checks): those are the ones the profile does not count yet. `keep_last_quote` False (per row or
+        for all): the account's last quote is read again, so the stored one is dropped.
+        """
+        if stored.empty:
+            return
+        pos, known = self._index(stored["erp_customer_code"].to_numpy())
+        if not known.all():
+            raise ValueError("resume: a stored profile of an account this accumulator does not hold")
+        count = stored["purchase_count"].to_numpy(dtype=np.int64)
+        bought = count > 0
+        first = _days(stored["first_purchase_date"])
+        last = _days(stored["last_purchase_date"])
+        if (bought & ((first < 0) | (last < 0))).any():
+            raise ValueError("resume: a stored profile with purchases but no first or last purchase date")
+        self.count[pos] = count
+        self.total[pos] = stored["accumulated_value"].to_numpy(dtype=np.float64, na_value=0.0)
+        # Tie part 0: a same-day newcomer (higher id) loses the first place and takes the last one.
+        self.first_key[pos] = np.where(bought, first << _ID_BITS, _NO_FIRST)
+        self.last_key[pos] = np.where(bought, last << _ID_BITS, _NO_LAST)
+        self.first_value[pos] = np.where(
+            bought, stored["first_purchase_value"].to_numpy(dtype=np.float64, na_value=np.nan), np.nan
+        )
+        self.last_value[pos] = np.where(
+            bought, stored["last_purchase_value"].to_numpy(dtype=np.float64, na_value=np.nan), np.nan
+        )
+        self.last_number[pos] = np.where(bought, stored["last_invoice_number"].to_numpy(dtype=object), None)
+        quote = _days(stored["last_quote_date"])
+        keep = np.broadcast_to(np.asarray(keep_last_quote, dtype=bool), quote.shape)
+        self.last_quote_day[pos] = np.where(keep & (quote >= 0), quote, _NO_LAST)
+        hw = stored["erp_invoice_high_water"].to_numpy(dtype=np.float64, na_value=np.nan)
+        self.high_water[pos] = np.nan_to_num(hw, nan=-1.0).astype(np.int64)
+        self._resumed_high_water[pos] = self.high_water[pos]
 
     def add_last_quotes(self, chunk: pd.DataFrame) -> None:
         """Fold last quote dates (the erp/last_quotes.sql contract: customer_code, last_quote_date)."""
@@ -158,8 +222,19 @@ class ProfileAccumulator:
                     "Int64"
                 ),
                 "last_invoice_number": pd.array(self.last_number, dtype=object),
+                "erp_invoice_high_water": pd.arrays.IntegerArray(
+                    np.maximum(self.high_water, 0), mask=self.high_water < 0
+                ),
             }
         )
+
+
+def _days(dates: pd.Series) -> np.ndarray:
+    """Days since _DAY0 of each date (ISO text, date or datetime values); -1 where null."""
+    day = pd.to_datetime(dates, errors="raise").to_numpy().astype("datetime64[D]")
+    out = (day - _DAY0).astype(np.int64)
+    out[np.isnat(day)] = -1
+    return out
 
 
 def compute_profiles(
