@@ -8,11 +8,13 @@ run's business date) and the last invoice number. Cancelled invoices do not coun
 are ordered by ERP entry order (see `crm.routines.purchase_profile`).
 
 Incremental by default: only accounts whose ERP data changed since the last successful run are
-recomputed, the others get their day count moved to the business date; `full_refresh` recomputes all.
+touched (new invoices added to the stored profile, an edited one recomputes the account), the others
+get their day count moved to the business date; `full_refresh` recomputes all.
 The load is one transaction; the summary goes to `crm_routine_run` and by e-mail to the requester.
 
 Connections: `crm_db`, `erp_db`, `smtp_default`. Source queries: `include/sql/erp/invoices*.sql`,
-`last_quotes*.sql`, `purchase_changes.sql`, `purchase_watermark.sql`. Schedule: `include/config/routines.yaml`.
+`invoice_changes.sql`, `last_quotes*.sql`, `purchase_changes.sql`, `purchase_watermark.sql`.
+Schedule: `include/config/routines.yaml`.
 """
 
 from __future__ import annotations

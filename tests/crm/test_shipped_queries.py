@@ -244,13 +244,14 @@ def test_should_find_changed_customers_and_the_watermark(source_db):
     changed = read_frame(source_db, "erp/purchase_changes", PARAMS["erp/purchase_changes"])
     # 10: invoice 2 and quote 4 written at LATER; 20: invoice 5 dated inside (2026-11-19, BD]
     assert sorted(records(changed), key=lambda r: (r["customer_code"], r["changed_quotes"])) == [
-        {"customer_code": 10, "first_invoice_id": 2, "changed_quotes": 0},
-        {"customer_code": 10, "first_invoice_id": None, "changed_quotes": 1},
-        {"customer_code": 20, "first_invoice_id": 5, "changed_quotes": 0},
+        {"customer_code": 10, "changed_invoices": 1, "changed_quotes": 0},
+        {"customer_code": 10, "changed_invoices": 0, "changed_quotes": 1},
+        {"customer_code": 20, "changed_invoices": 1, "changed_quotes": 0},
     ]
     rows = read_frame(source_db, "erp/invoice_changes", PARAMS["erp/invoice_changes"])
     assert sorted(rows["invoice_id"]) == [2, 5]  # the same invoices, whole
     assert bool(rows.set_index("invoice_id").loc[2, "cancelled"]) is True
+    assert pd.Timestamp(rows.set_index("invoice_id").loc[2, "updated_at"]) == pd.Timestamp(LATER)
     none = read_frame(
         source_db,
         "erp/purchase_changes",

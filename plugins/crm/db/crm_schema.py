@@ -8,6 +8,7 @@ All tables are created at once, even those only later routines use, so one
 from __future__ import annotations
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     CheckConstraint,
     Column,
@@ -304,6 +305,21 @@ account_profile = Table(
     Column("run_id", String(250), nullable=False, doc="Airflow run that last changed the row"),
     Column("updated_at", DateTime, nullable=False),
     CheckConstraint("purchase_count >= 0", name="purchase_count"),
+)
+
+profile_seen_invoice = Table(
+    "crm_profile_seen_invoice",
+    metadata,
+    Column("invoice_id", BigInteger, primary_key=True, doc="ERP invoice_id"),
+    Column(
+        "digest",
+        BigInteger,
+        nullable=False,
+        doc="hash of the invoice's profile columns and updated_at as the last successful run first read it",
+    ),
+    Column("run_id", String(250), nullable=False, doc="the crm_account_purchase_profile run that read it"),
+    comment="ERP invoices stamped inside the watermark overlap of the last successful purchase-profile run:"
+    " the next run does not re-read a customer for one of them that has not changed since",
 )
 
 class_transition_rule = Table(

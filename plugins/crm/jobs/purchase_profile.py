@@ -16,6 +16,11 @@ accounts, without scanning them all:
   an ERP code, or whose code changed, is recomputed; one that lost its code
   loses its profile; in an audience run, members without a profile too.
 
+A changed ERP customer whose changed invoices are all above its profile's high water (new invoices)
+is not read again: those invoices (`invoice_changes.sql`) are added to the stored profile
+(`ProfileAccumulator.resume`). One at or below it (an edit, a cancellation, a late commit) means
+reading all its invoices again.
+
 Both watermarks are read back with an overlap (`WATERMARK_OVERLAP`) so rows
 committed late with a slightly older stamp are still seen. A run falls back to
 a full recomputation when asked (`full_refresh`), when there is no previous
@@ -36,7 +41,7 @@ import pandas as pd
 from sqlalchemy import Connection, Date, Engine, Integer, cast, delete, func, literal, select, update
 
 from crm.db import upsert, write_transaction
-from crm.db.crm_schema import account, account_profile, audience, audience_member
+from crm.db.crm_schema import account, account_profile, audience, audience_member, profile_seen_invoice
 from crm.db.frames import select_frame
 from crm.routines.purchase_profile import PROFILE_FIELDS, ProfileAccumulator
 from crm.runs import last_successful_run, naive_utc, record_run
@@ -49,6 +54,18 @@ DAG_ID = "crm_account_purchase_profile"
 # still seen (recomputing an unchanged account is harmless; missing a changed one is not).
 WATERMARK_OVERLAP = dt.timedelta(hours=1)
 _LOOKUP_BATCH = 5_000
+# More changed invoices than this: a full run (one sequential read) instead of holding them all at once.
+MAX_CHANGED_INVOICES = 1_000_000
+# What an invoice's digest covers: every column the profile uses, and its change stamp.
+_DIGEST_COLUMNS = [
+    "invoice_id",
+    "customer_code",
+    "issue_date",
+    "total_value",
+    "invoice_number",
+    "cancelled",
+    "updated_at",
+]
 
 
 class AudienceNotFound(ValueError):
@@ -69,6 +86,8 @@ class ComputeResult:
     reread_codes: list[int] = field(default_factory=list)
     reread_quote_codes: list[int] = field(default_factory=list)
     changes_window: dict[str, Any] = field(default_factory=dict)
+    # invoice_id, digest: invoices inside this run's watermark overlap, as first read (crm_profile_seen_invoice)
+    seen: pd.DataFrame = field(default_factory=lambda: pd.DataFrame({"invoice_id": [], "digest": []}))
 
 
 def scope_of(audience_code: str | None) -> str:
@@ -128,12 +147,23 @@ def compute(
             "business_date": business_date,
         }
         changed = read_frame(erp, "erp/purchase_changes", window)
+        n_changed = int(changed["changed_invoices"].sum())
+        if n_changed > MAX_CHANGED_INVOICES:
+            reason = f"{n_changed:,} invoices changed since {previous.watermark}: a full run is cheaper"
+            mode, window = "full", {}
+    if mode == "incremental":
+        assert previous is not None
+        # The run's first read of the changed invoices: what it adds to stored profiles, and what it
+        # records as seen for the next run (see _seen).
+        delta = read_frame(erp, "erp/invoice_changes", window)
+        seen = _seen(delta, watermark)
         crm_since = dt.datetime.fromisoformat(previous.summary["crm_watermark"]) - WATERMARK_OVERLAP
-        todo = _incremental_plan(crm, audience_id, changed, crm_since, previous.business_date)
+        todo = _incremental_plan(crm, audience_id, changed, delta, crm_since, previous.business_date, business_date)
         drop, extended = todo.drop, len(todo.extend)
         accounts = pd.concat([todo.recompute, todo.extend[["account_id", "erp_customer_code"]]], ignore_index=True)
         acc = ProfileAccumulator(accounts, business_date)
         acc.resume(todo.extend, keep_last_quote=~todo.extend["quotes_changed"].to_numpy(dtype=bool))
+        acc.add_new_invoices(delta)
         codes = todo.recompute["erp_customer_code"].tolist()
         quote_codes = codes + todo.extend.loc[todo.extend["quotes_changed"], "erp_customer_code"].tolist()
         invoices = iter_frames(
@@ -149,17 +179,17 @@ def compute(
             chunk_rows=chunk_rows,
         )
         log.info(
-            "purchase profile: %s run (%s): %d accounts to recompute, %d to extend with new invoices",
+            "purchase profile: %s run (%s): %d changed invoices read; %d accounts extended with new invoices,"
+            " %d to recompute",
             mode,
             reason,
-            len(todo.recompute),
+            len(delta),
             extended,
+            len(todo.recompute),
         )
-        if extended:
-            for i, chunk in enumerate(iter_frames(erp, "erp/invoice_changes", window, chunk_rows=chunk_rows), 1):
-                acc.add_new_invoices(chunk)
-                log.info("purchase profile: changed-invoice chunk %d folded (%d rows)", i, len(chunk))
     else:
+        # Before the main read, so a row recorded as seen is never newer than the version counted.
+        seen = _seen(_overlap_invoices(erp, watermark, business_date), watermark)
         accounts, _ = accounts_in_scope(crm, audience_code)
         acc = ProfileAccumulator(accounts, business_date)
         invoices = iter_frames(erp, "erp/invoices", {"business_date": business_date}, chunk_rows=chunk_rows)
@@ -195,6 +225,7 @@ def compute(
         reread_codes=codes,
         reread_quote_codes=quote_codes,
         changes_window=window,
+        seen=seen,
     )
 
 
@@ -224,6 +255,7 @@ def load(
         )
         dropped = drop_profiles(conn, result.drop_account_ids, audience_id)
         refreshed = refresh_days_since(conn, business_date, run_id, run_after, audience_id)
+        record_seen(conn, result.seen, run_id)
         summary = {
             **result.stats,
             "accounts_considered": len(result.profiles),
@@ -266,6 +298,17 @@ def drop_profiles(conn: Connection, account_ids: list[int] | None, audience_id: 
         batch = account_ids[start : start + _LOOKUP_BATCH]
         dropped += conn.execute(delete(t).where(t.c.account_id.in_(batch))).rowcount
     return dropped
+
+
+def record_seen(conn: Connection, seen: pd.DataFrame, run_id: str) -> None:
+    """Replace the invoices recorded as seen with this run's (the next run checks its overlap against them)."""
+    conn.execute(delete(profile_seen_invoice))
+    if len(seen):
+        rows = [
+            {"invoice_id": i, "digest": d, "run_id": run_id}
+            for i, d in zip(seen["invoice_id"].tolist(), seen["digest"].tolist(), strict=True)
+        ]
+        conn.execute(profile_seen_invoice.insert(), rows)
 
 
 def refresh_days_since(
@@ -331,25 +374,29 @@ _STORED = [
 
 
 def _incremental_plan(
-    crm: Engine, audience_id: int | None, changed: pd.DataFrame, crm_since: dt.datetime, previous_day: dt.date
+    crm: Engine,
+    audience_id: int | None,
+    changed: pd.DataFrame,
+    delta: pd.DataFrame,
+    crm_since: dt.datetime,
+    previous_day: dt.date,
+    business_date: dt.date,
 ) -> IncrementalPlan:
     """Sort the accounts an incremental run touches into recomputed, extended and dropped.
 
-    An account of a changed ERP customer is extended (its new invoices added to its stored profile)
-    when its profile is for its current code, was computed for the previous run's business date, and
-    every changed invoice of the customer is above the profile's high water; otherwise (an invoice
-    the profile counts was edited, cancelled or re-dated; no profile yet) it is recomputed. CRM-side
-    changes (a code gained or changed) and new audience members are recomputed; a code lost drops the
-    profile. Index lookups only (ERP codes, `updated_at`, an audience's members): never a scan of
-    every account.
+    An account of a changed ERP customer is extended (the changed invoices above its high water added
+    to its stored profile) when its profile is for its current code and the previous run's business
+    date, and each changed invoice at or below the high water is one the profile already counts as it
+    is now: read unchanged by the previous run (same digest in crm_profile_seen_invoice — the watermark
+    overlap brings those back every run) and not dated inside the days the business date moved over.
+    Otherwise (an invoice it counts was edited, cancelled, re-dated or committed late; no profile yet)
+    it is recomputed. CRM-side changes (a code gained or changed) and new audience members are
+    recomputed; a code lost drops the profile. Index lookups only: never a scan of every account.
     """
     a, p = account, account_profile
-    per_code = (
-        changed.assign(first_invoice_id=changed["first_invoice_id"].astype("float64"))
-        .groupby("customer_code", sort=True)
-        .agg(first_invoice_id=("first_invoice_id", "min"), changed_quotes=("changed_quotes", "sum"))
-    )
+    per_code = changed.groupby("customer_code", sort=True)["changed_quotes"].sum()
     codes = per_code.index.to_numpy(dtype=np.int64).tolist()
+    columns = ["account_id", "erp_customer_code", "has_profile", "profiled_code", "profile_day", *_STORED[1:]]
     parts: list[pd.DataFrame] = []
     for start in range(0, len(codes), _LOOKUP_BATCH):
         stmt = _in_audience(
@@ -365,23 +412,42 @@ def _incremental_plan(
             .where(a.c.erp_customer_code.in_(codes[start : start + _LOOKUP_BATCH])),
             audience_id,
         )
-        columns = ["account_id", "erp_customer_code", "has_profile", "profiled_code", "profile_day", *_STORED[1:]]
-        parts.append(select_frame(crm, stmt, columns))
+        parts.append(select_frame(crm, stmt, columns, arrow=False))
     found = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
     found["account_id"] = found["account_id"].astype(np.int64)
     found["erp_customer_code"] = found["erp_customer_code"].astype(np.int64)
-    change = per_code.reindex(found["erp_customer_code"].to_numpy())
-    high_water = pd.to_numeric(found["erp_invoice_high_water"]).to_numpy(dtype=np.float64, na_value=np.nan)
-    first_changed = change["first_invoice_id"].to_numpy(dtype=np.float64)
-    profile_day = pd.to_datetime(found["profile_day"]).to_numpy().astype("datetime64[D]")
+    high_water = pd.Series(
+        pd.to_numeric(found["erp_invoice_high_water"]).to_numpy(dtype=np.float64, na_value=np.nan),
+        index=found["erp_customer_code"].to_numpy(),
+    )
+
+    # Changed invoices the stored profile may already count (at or below its high water), and of those
+    # the ones it counts as they are now.
+    row_hw = high_water.reindex(delta["customer_code"].to_numpy(dtype=np.int64)).to_numpy()
+    ids = delta["invoice_id"].to_numpy(dtype=np.int64)
+    below = ids <= np.nan_to_num(row_hw, nan=-1.0)
+    doubtful = np.zeros(len(delta), dtype=bool)
+    if below.any():
+        with crm.connect() as conn:
+            t = profile_seen_invoice
+            recorded = dict(conn.execute(select(t.c.invoice_id, t.c.digest)).all())
+        was = pd.Series(recorded, dtype="Int64").reindex(ids[below]).array
+        same = (was == _digest(delta[below])).fillna(False).to_numpy(dtype=bool)
+        day = pd.to_datetime(delta.loc[below, "issue_date"]).to_numpy().astype("datetime64[D]")
+        moved_over = (day > np.datetime64(previous_day, "D")) & (day <= np.datetime64(business_date, "D"))
+        live = ~delta.loc[below, "cancelled"].to_numpy(dtype=bool)
+        doubtful[below] = ~same | (moved_over & live)
+    doubtful_codes = np.unique(delta["customer_code"].to_numpy(dtype=np.int64)[doubtful])
+
     profiled_code = pd.to_numeric(found["profiled_code"]).to_numpy(dtype=np.float64, na_value=np.nan)
+    profile_day = pd.to_datetime(found["profile_day"]).to_numpy().astype("datetime64[D]")
     extend = (
         found["has_profile"].astype(bool).to_numpy()
         & (profiled_code == found["erp_customer_code"].to_numpy())
         & (profile_day == np.datetime64(previous_day, "D"))
-        & (np.isnan(first_changed) | (first_changed > np.nan_to_num(high_water, nan=-1.0)))
+        & ~np.isin(found["erp_customer_code"].to_numpy(), doubtful_codes)
     )
-    found["quotes_changed"] = change["changed_quotes"].to_numpy() > 0
+    found["quotes_changed"] = per_code.reindex(found["erp_customer_code"].to_numpy()).to_numpy() > 0
     recompute = [found.loc[~extend, ["account_id", "erp_customer_code"]]]
 
     with crm.connect() as conn:
@@ -393,11 +459,11 @@ def _incremental_plan(
         )
         drop: list[int] = []
         stale: list[tuple[int, int]] = []
-        for account_id, code, has_profile, profiled_code in conn.execute(touched).cursor.fetchall():
+        for account_id, code, has_profile, profiled in conn.execute(touched).cursor.fetchall():
             if code is None:
                 if has_profile:
                     drop.append(int(account_id))
-            elif not has_profile or profiled_code != code:
+            elif not has_profile or profiled != code:
                 stale.append((account_id, code))
         recompute.append(_pairs(stale))
 
@@ -416,6 +482,37 @@ def _incremental_plan(
         extend=extended[["account_id", *_STORED, "quotes_changed"]].reset_index(drop=True),
         drop=drop,
     )
+
+
+def _overlap_invoices(erp: Engine, watermark: dt.datetime | None, business_date: dt.date) -> pd.DataFrame:
+    """Invoices stamped inside this run's watermark overlap (invoice_changes.sql with no date window)."""
+    if watermark is None:
+        return pd.DataFrame(columns=_DIGEST_COLUMNS)
+    params = {"since": watermark - WATERMARK_OVERLAP, "window_start": business_date, "business_date": business_date}
+    return read_frame(erp, "erp/invoice_changes", params)
+
+
+def _seen(invoices: pd.DataFrame, watermark: dt.datetime | None) -> pd.DataFrame:
+    """invoice_id and digest of the invoices inside the next run's overlap: it will read them again."""
+    if watermark is None or invoices.empty:
+        return pd.DataFrame({"invoice_id": pd.Series(dtype=np.int64), "digest": pd.Series(dtype=np.int64)})
+    stamp = pd.to_datetime(invoices["updated_at"]).to_numpy()
+    rows = invoices[stamp >= np.datetime64(watermark - WATERMARK_OVERLAP)]
+    return pd.DataFrame({"invoice_id": rows["invoice_id"].to_numpy(dtype=np.int64), "digest": _digest(rows)})
+
+
+def _digest(invoices: pd.DataFrame) -> np.ndarray:
+    """One int64 per invoice over _DIGEST_COLUMNS: equal digests, same invoice as far as the profile goes.
+
+    The values as crm.sources gives them (checked types), so two reads of an unchanged row agree; any
+    difference only costs a recomputation.
+    """
+    frame = invoices[_DIGEST_COLUMNS].copy()
+    frame["issue_date"] = pd.to_datetime(frame["issue_date"]).astype("datetime64[s]")
+    frame["updated_at"] = pd.to_datetime(frame["updated_at"]).astype("datetime64[us]")
+    frame["cancelled"] = frame["cancelled"].astype(bool)
+    frame["invoice_number"] = frame["invoice_number"].astype(object)
+    return pd.util.hash_pandas_object(frame, index=False).to_numpy().view(np.int64)
 
 
 def _in_audience(stmt: Any, audience_id: int | None) -> Any:
