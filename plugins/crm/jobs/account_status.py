@@ -107,36 +107,31 @@ def plan(
         facts = rules.gp_statuses(accounts["gp_beneficiary_code"], gp, business_date)
         facts_read = {"gp_beneficiaries": len(gp)}
     locales = accounts["locale"].where(accounts["locale"].notna(), accounts["company_locale"])
+    status = facts["status"].to_numpy(dtype=object)
+    label = rules.labels_of(status, locales, source, rules.load_labels())
+    # object columns on purpose: a string dtype would be inferred, converted to Arrow, and back for the diff
     wanted = pd.DataFrame(
         {
-            status_field: facts["status"].to_numpy(dtype=object),
-            "status_label": rules.labels_of(facts["status"].to_numpy(), locales, source, rules.load_labels()),
-        },
-        index=accounts.index,
+            status_field: pd.Series(status, index=accounts.index, dtype=object),
+            "status_label": pd.Series(label, index=accounts.index, dtype=object),
+        }
     )
     changes = diff(accounts, wanted, [status_field, "status_label"])
     # The label follows its status: a status change's history row tells both (the label is the status's
     # translation in the account's language), so only a label that moved alone (a new translation, another
     # locale) gets a history row of its own. Halves the history of a night that changes many statuses.
-    status_moved = changes.loc[changes["field"] == status_field, "account_id"]
-    changes["audited"] = ~((changes["field"] == "status_label") & changes["account_id"].isin(status_moved))
+    is_status = (changes["field"] == status_field).to_numpy(dtype=bool)
+    status_moved = changes["account_id"].to_numpy()[is_status]
+    is_label = (changes["field"] == "status_label").to_numpy(dtype=bool)
+    changes["audited"] = ~(is_label & changes["account_id"].isin(status_moved).to_numpy(dtype=bool))
     report = _report(accounts, wanted, facts, changes, status_field)
-    counts = pd.Series(wanted[status_field]).value_counts()
-    moved = report.groupby(["old_status", "new_status"], dropna=False).size() if len(report) else pd.Series()
     summary: dict[str, Any] = {
         "source": source,
         "accounts": len(accounts),
-        **{f"status {code}": int(counts.get(code, 0)) for code in rules.CODES},
+        **_status_counts(status),
         "accounts changed": len(report),
-        "status changes": int((changes["field"] == status_field).sum()),
-        "label-only changes": int((report["old_status"].fillna("") == report["new_status"]).sum())
-        if len(report)
-        else 0,
-        **{
-            f"change {_txt(old)} -> {new}": int(n)
-            for (old, new), n in sorted(moved.items(), key=lambda kv: (_txt(kv[0][0]), kv[0][1]))
-            if _txt(old) != new
-        },
+        "status changes": int(is_status.sum()),
+        **_moves(report),
         **facts_read,
         "compute_seconds": round(time.perf_counter() - started, 3),
         "read_accounts_seconds": round(read_s, 3),
@@ -196,25 +191,68 @@ REPORT_COLUMNS = {
 def _report(
     accounts: pd.DataFrame, wanted: pd.DataFrame, facts: pd.DataFrame, changes: pd.DataFrame, status_field: str
 ) -> pd.DataFrame:
-    """One row per changed account: old and new status and label, and the facts that decided it."""
-    ids = pd.Index(pd.unique(changes["account_id"].to_numpy()), name="account_id")
-    ids = ids.sort_values()
+    """One row per changed account: old and new status and label, and the facts that decided it.
+
+    By position: `wanted` and `facts` are aligned with `accounts` (plan builds them so), so the changed
+    accounts are gathered with one take per column instead of an index lookup per column.
+    """
+    ids = np.sort(pd.unique(changes["account_id"].to_numpy(dtype=np.int64)))
+    pos = accounts.index.get_indexer(ids)
     source = "erp" if status_field == "erp_status" else "gp"
+
+    def take(frame: pd.DataFrame, col: str) -> Any:
+        return frame[col].array.take(pos)
+
     out = pd.DataFrame(
         {
-            "account_id": ids.to_numpy(dtype=np.int64),
-            "erp_customer_code": accounts["erp_customer_code"].reindex(ids).array,
-            "gp_beneficiary_code": accounts["gp_beneficiary_code"].reindex(ids).to_numpy(dtype=object),
-            "old_status": accounts[status_field].reindex(ids).to_numpy(dtype=object),
-            "new_status": wanted[status_field].reindex(ids).to_numpy(dtype=object),
-            "old_label": accounts["status_label"].reindex(ids).to_numpy(dtype=object),
-            "new_label": wanted["status_label"].reindex(ids).to_numpy(dtype=object),
+            "account_id": ids,
+            "erp_customer_code": take(accounts, "erp_customer_code"),
+            "gp_beneficiary_code": take(accounts, "gp_beneficiary_code").to_numpy(dtype=object),
+            "old_status": take(accounts, status_field).to_numpy(dtype=object),
+            "new_status": take(wanted, status_field).to_numpy(dtype=object),
+            "old_label": take(accounts, "status_label").to_numpy(dtype=object),
+            "new_label": take(wanted, "status_label").to_numpy(dtype=object),
         }
     )
     for col in ("months_inactive", "window_start", "last_purchase_date", "beneficiary_status", "contract_status"):
         if col in facts:
-            out[col] = facts[col].reindex(ids).array
+            out[col] = take(facts, col)
     return out[REPORT_COLUMNS[source]]
+
+
+def _status_counts(status: np.ndarray) -> dict[str, int]:
+    """Accounts per status code (every code, zeros included)."""
+    got = rules.code_index(status)
+    counts = np.bincount(got[got >= 0], minlength=len(rules.CODES))
+    return {f"status {code}": int(n) for code, n in zip(rules.CODES, counts, strict=True)}
+
+
+def _moves(report: pd.DataFrame) -> dict[str, int]:
+    """Label-only changes, and the accounts per status move ('change (none) -> active'), in a stable order.
+
+    Counted on factorized codes (a few distinct statuses), not by grouping a million strings.
+    """
+    if not len(report):
+        return {"label-only changes": 0}
+    old, olds = pd.factorize(report["old_status"].to_numpy(dtype=object), use_na_sentinel=True)
+    new, news = pd.factorize(report["new_status"].to_numpy(dtype=object), use_na_sentinel=True)
+    label_only, moved = 0, {}
+    for (o, w), n in _pair_counts(old, new).items():
+        old_value, new_value = (olds[o] if o >= 0 else None), (news[w] if w >= 0 else None)
+        label_only += n if ("" if old_value is None else old_value) == new_value else 0
+        key = (_txt(old_value), _txt(new_value))
+        moved[key] = moved.get(key, 0) + n
+    return {
+        "label-only changes": label_only,
+        **{f"change {o} -> {w}": n for (o, w), n in sorted(moved.items()) if o != w},
+    }
+
+
+def _pair_counts(a: np.ndarray, b: np.ndarray) -> dict[tuple[int, int], int]:
+    """How often each (a, b) pair of small codes (-1 allowed) occurs."""
+    width = int(b.max()) + 2
+    counts = np.bincount((a + 1) * width + (b + 1))
+    return {(int(k // width) - 1, int(k % width) - 1): int(counts[k]) for k in np.flatnonzero(counts)}
 
 
 def _txt(value: Any) -> str:
