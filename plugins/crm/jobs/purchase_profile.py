@@ -34,6 +34,7 @@ import datetime as dt
 import logging
 import time
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -88,6 +89,9 @@ class ComputeResult:
     changes_window: dict[str, Any] = field(default_factory=dict)
     # invoice_id, digest: invoices inside this run's watermark overlap, as first read (crm_profile_seen_invoice)
     seen: pd.DataFrame = field(default_factory=lambda: pd.DataFrame({"invoice_id": [], "digest": []}))
+    # Every profile in scope already counts its days to this business date (a re-run for the previous
+    # run's date): nothing for refresh_days_since to move.
+    days_current: bool = False
 
 
 def scope_of(audience_code: str | None) -> str:
@@ -226,6 +230,7 @@ def compute(
         reread_quote_codes=quote_codes,
         changes_window=window,
         seen=seen,
+        days_current=mode == "incremental" and previous is not None and previous.business_date == business_date,
     )
 
 
@@ -254,7 +259,9 @@ def load(
             conn, account_profile, frame, ["account_id"], compare_columns=["erp_customer_code", *PROFILE_FIELDS]
         )
         dropped = drop_profiles(conn, result.drop_account_ids, audience_id)
-        refreshed = refresh_days_since(conn, business_date, run_id, run_after, audience_id)
+        refreshed = 0
+        if not result.days_current:
+            refreshed = refresh_days_since(conn, business_date, run_id, run_after, audience_id)
         record_seen(conn, result.seen, run_id)
         summary = {
             **result.stats,
@@ -302,13 +309,14 @@ def drop_profiles(conn: Connection, account_ids: list[int] | None, audience_id: 
 
 def record_seen(conn: Connection, seen: pd.DataFrame, run_id: str) -> None:
     """Replace the invoices recorded as seen with this run's (the next run checks its overlap against them)."""
-    conn.execute(delete(profile_seen_invoice))
+    t = profile_seen_invoice
+    conn.execute(delete(t))
     if len(seen):
-        rows = [
-            {"invoice_id": i, "digest": d, "run_id": run_id}
-            for i, d in zip(seen["invoice_id"].tolist(), seen["digest"].tolist(), strict=True)
-        ]
-        conn.execute(profile_seen_invoice.insert(), rows)
+        p = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+        q = conn.dialect.identifier_preparer.quote
+        columns = ", ".join(q(c.name) for c in (t.c.invoice_id, t.c.digest, t.c.run_id))
+        rows = list(zip(seen["invoice_id"].tolist(), seen["digest"].tolist(), repeat(run_id), strict=False))
+        conn.exec_driver_sql(f"INSERT INTO {q(t.name)} ({columns}) VALUES ({p}, {p}, {p})", rows)
 
 
 def refresh_days_since(
