@@ -24,6 +24,7 @@ from crm.db.crm_schema import (
     audience_member,
     company,
     customer_type,
+    profile_seen_invoice,
     user,
 )
 from crm.db.crm_schema import metadata as crm_metadata
@@ -105,6 +106,32 @@ def test_should_load_profiles_into_postgresql_and_refresh_day_counts_there(seede
     buyers = int((actual(pg_crm)["purchase_count"] > 0).sum())
     assert moved["mode"] == "incremental" and moved["days_refreshed"] >= buyers > 0
     pd.testing.assert_frame_equal(actual(pg_crm), expected(seeded, nxt), check_dtype=False)
+
+
+def test_should_extend_stored_profiles_with_new_invoices_in_postgresql(seeded, pg_crm, tmp_path):
+    for name in ("crm.db", "erp.db"):
+        shutil.copy(seeded / name, tmp_path / name)
+    erp = engine_from_url(f"sqlite:///{tmp_path / 'erp.db'}")
+    assert run(pg_crm, erp, BD, "run-1")["mode"] == "full"
+    with pg_crm.connect() as conn:
+        code = conn.execute(
+            sa.select(account.c.erp_customer_code).where(account.c.erp_customer_code.is_not(None)).limit(1)
+        ).scalar_one()
+    with sqlite3.connect(tmp_path / "erp.db") as conn:
+        company, series, latest = conn.execute("SELECT company_code, series, MAX(updated_at) FROM invoice").fetchone()
+        conn.execute(
+            "INSERT INTO invoice (customer_code, company_code, series, number, issue_date, total_value, cancelled,"
+            " updated_at) VALUES (?, ?, ?, 'PG-NEW', ?, 42.5, 0, ?)",
+            (code, company, series, BD.isoformat(), latest),
+        )
+
+    summary = run(pg_crm, erp, BD, "run-2")
+
+    assert summary["mode"] == "incremental" and summary["accounts_recomputed"] == 0
+    assert summary["accounts_extended"] >= 1 and summary["updated"] >= 1
+    pd.testing.assert_frame_equal(actual(pg_crm), expected(tmp_path, BD), check_dtype=False)
+    with pg_crm.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(profile_seen_invoice)).scalar_one() > 0
 
 
 def test_should_touch_only_the_audience_members(seeded, pg_crm):
