@@ -18,6 +18,7 @@ from crm.db.erp_schema import invoice
 from crm.db.erp_schema import metadata as erp_metadata
 from crm.jobs import class_transition as job
 from crm.jobs import purchase_profile
+from crm.routines import class_transition as ct
 
 LATER = dt.date(2026, 11, 22)  # the profile's date
 EARLIER = dt.date(2026, 9, 30)  # the backfill
@@ -134,3 +135,34 @@ def test_should_read_the_erp_for_an_account_whose_profile_is_missing(dbs):
     assert moves(plan)[1] == ("SILVER", "GOLD", 1, 1300.0)
     assert plan.summary["lifetime measures from the ERP (profile not for this date)"] == 1
     assert plan.summary["lifetime measures from the profile"] == 3
+
+
+def window_rule(rule_id: int, measure: str, months: int) -> ct.Rule:
+    return ct.Rule(rule_id, None, GOLD, measure, ">=", 1e9, months, rule_id)
+
+
+@pytest.mark.parametrize("windows", [[12], [6, 12], [3, 6, 12]])
+def test_should_read_two_windows_per_erp_scan_with_the_values_of_one_query_each(dbs, monkeypatch, windows):
+    crm, erp = dbs
+    reads = []
+    original = job.read_frame
+    monkeypatch.setattr(job, "read_frame", lambda db, name, *a, **k: reads.append(name) or original(db, name, *a, **k))
+    rules = [window_rule(i, m, w) for i, (m, w) in enumerate(
+        ((m, w) for w in windows for m in ("accumulated_value", "purchase_count")), 1
+    )]  # fmt: skip
+    measures, facts = job.measures_for(job.read_accounts(crm), job.read_profiles(crm), erp, rules, LATER)
+    # on 22 Nov: 3 months from 22 Aug, 6 from 22 May, 12 from 22 Nov 2025 (account 4's 15 Sep 2025 is out)
+    want = {
+        3: ([800.0, 500.0, 150.0, 0.0, 0.0], [1, 2, 1, 0, 0]),
+        6: ([800.0, 500.0, 150.0, 100.0, 0.0], [1, 2, 1, 1, 0]),
+        12: ([1300.0, 500.0, 150.0, 100.0, 0.0], [2, 2, 1, 1, 0]),
+    }
+    for w in windows:
+        assert measures[f"accumulated_value@{w}"].tolist() == want[w][0]
+        assert measures[f"purchase_count@{w}"].tolist() == want[w][1]
+        assert facts[f"window {w} months customers"] == sum(1 for c in want[w][1] if c)
+    assert [k for k in facts if k.startswith("window ")] == [
+        f"window {w} months {what}" for w in windows for what in ("since", "customers")
+    ]
+    pairs, odd = divmod(len(windows), 2)
+    assert sorted(reads) == sorted(["erp/purchases_in_windows"] * pairs + ["erp/purchases_since"] * odd)

@@ -163,6 +163,11 @@ PARAMS: dict[str, dict[str, Any]] = {
     "erp/overdue_receivables": {"due_on_or_before": dt.date(2026, 11, 15)},
     "erp/purchase_changes": {"since": LATER, "window_start": dt.date(2026, 11, 19), "business_date": BD},
     "erp/purchase_watermark": {},
+    "erp/purchases_in_windows": {
+        "since": dt.date(2026, 1, 1),
+        "recent_since": dt.date(2026, 2, 10),
+        "business_date": BD,
+    },
     "erp/purchases_since": {"since": dt.date(2026, 1, 1), "business_date": BD},
     "erp/whatsapp_due_receivables": {"due_date": dt.date(2026, 11, 25), "company_codes": ["C1", "C2"]},
     "erp/whatsapp_order_stage_events": {"since": dt.datetime(2026, 11, 20), "until": dt.datetime(2026, 11, 22)},
@@ -275,6 +280,29 @@ def test_should_aggregate_purchases_and_last_quotes_in_the_erp(source_db):
     ]
     quotes = read_frame(source_db, "erp/last_quotes_by_customer", PARAMS["erp/last_quotes_by_customer"])
     assert records(quotes) == [{"customer_code": 10, "last_quote_date": dt.date(2026, 6, 1)}]
+
+
+def test_should_count_two_nested_purchase_windows_in_one_query(source_db):
+    # customer 10: 5 Jan is in the longer window only (the cancelled and the later invoice never count);
+    # customer 20: 10 Feb is the shorter window's first day, so it counts, and the day after it does not
+    params = PARAMS["erp/purchases_in_windows"]
+    for recent_since, recent_20 in ((dt.date(2026, 2, 10), (2, 100.0)), (dt.date(2026, 2, 11), (1, 19.75))):
+        got = read_frame(source_db, "erp/purchases_in_windows", {**params, "recent_since": recent_since})
+        assert records(got.sort_values("customer_code")) == [
+            {"customer_code": 10, "purchase_count": 1, "purchase_value": 100.0, "recent_count": 0, "recent_value": 0.0},
+            {
+                "customer_code": 20,
+                "purchase_count": 2,
+                "purchase_value": 100.0,
+                "recent_count": recent_20[0],
+                "recent_value": recent_20[1],
+            },
+        ]
+    # the longer window's columns are purchases_since.sql's
+    alone = read_frame(source_db, "erp/purchases_since", PARAMS["erp/purchases_since"]).sort_values("customer_code")
+    assert records(got.sort_values("customer_code")[["customer_code", "purchase_count", "purchase_value"]]) == records(
+        alone[["customer_code", "purchase_count", "purchase_value"]]
+    )
 
 
 def test_should_read_only_unpaid_receivables(source_db):

@@ -13,8 +13,9 @@ reproduces D's classes):
   (`crm.routines.purchase_profile.ProfileAccumulator` over `erp/invoices.sql`, or
   `erp/invoices_by_customer.sql` when only a few accounts need it): a backfill never reads a later
   profile (which would count later purchases and give negative days). Counts in the summary.
-- windowed `accumulated_value` / `purchase_count` (`window_months` N), from the ERP through
-  `erp/purchases_since.sql`, one aggregated query per distinct N (one row per customer).
+- windowed `accumulated_value` / `purchase_count` (`window_months` N), from the ERP, aggregated there
+  (one row per customer): two distinct N per scan through `erp/purchases_in_windows.sql` (the longer
+  window's invoices, the shorter one's counted alongside), an odd one out through `erp/purchases_since.sql`.
 Accounts without an ERP code have zero value and count and no dates.
 """
 
@@ -219,17 +220,55 @@ def measures_for(
     if "months_as_customer" in needed:
         out["months_as_customer"] = whole_months_between(prof["first_purchase_date"].to_numpy(), business_date)
     codes = accounts["erp_customer_code"].to_numpy(dtype="float64", na_value=np.nan)
-    for months in ct.windows_needed(rules):
-        since = months_before(business_date, months)
-        window = read_frame(erp, "erp/purchases_since", {"since": since, "business_date": business_date})
-        per_code = window.groupby("customer_code")[["purchase_value", "purchase_count"]].sum()
-        per_code.index = per_code.index.astype("float64")
-        got = per_code.reindex(codes)
-        out[f"accumulated_value@{months}"] = np.round(got["purchase_value"].fillna(0.0).to_numpy(dtype="float64"), 2)
-        out[f"purchase_count@{months}"] = got["purchase_count"].fillna(0).to_numpy(dtype="float64")
-        facts[f"window {months} months since"] = since.isoformat()
-        facts[f"window {months} months customers"] = len(window)
+    window_facts: dict[int, dict[str, Any]] = {}
+    for frame, columns in _window_reads(erp, ct.windows_needed(rules), business_date):
+        index = pd.Index(frame["customer_code"].to_numpy(dtype="float64"))
+        for months, (value_col, count_col) in columns.items():
+            value = frame[value_col].to_numpy(dtype="float64")
+            count = frame[count_col].to_numpy(dtype="float64")
+            if not index.is_unique:  # one row per customer by contract; sum duplicates all the same
+                sums = pd.DataFrame({"v": value, "c": count}).groupby(index.to_numpy()).sum()
+                index, value, count = pd.Index(sums.index), sums["v"].to_numpy(), sums["c"].to_numpy()
+            pos = index.get_indexer(codes)
+            found = pos >= 0
+            out[f"accumulated_value@{months}"] = np.round(np.where(found, value[pos], 0.0), 2)
+            out[f"purchase_count@{months}"] = np.where(found, count[pos], 0.0)
+            window_facts[months] = {
+                f"window {months} months since": months_before(business_date, months).isoformat(),
+                f"window {months} months customers": int((count > 0).sum()),
+            }
+    for months in sorted(window_facts):
+        facts.update(window_facts[months])
     return pd.DataFrame(out, index=accounts.index), facts
+
+
+def _window_reads(
+    erp: Engine, windows: list[int], business_date: dt.date
+) -> list[tuple[pd.DataFrame, dict[int, tuple[str, str]]]]:
+    """The ERP purchases of each window (months), two windows per scan, longest first.
+
+    Each frame comes with, per window it serves, its (value, count) columns: a pair of windows is one
+    `erp/purchases_in_windows.sql` (the longer window's rows, the shorter one's counted alongside: one
+    GROUP BY instead of two over mostly the same invoices); an odd one out, `erp/purchases_since.sql`.
+    """
+    reads = []
+    longest_first = sorted(windows, reverse=True)
+    for i in range(0, len(longest_first), 2):
+        longer, *shorter = longest_first[i : i + 2]
+        since = months_before(business_date, longer)
+        if shorter:
+            params = {"since": since, "recent_since": months_before(business_date, shorter[0])}
+            frame = read_frame(erp, "erp/purchases_in_windows", {**params, "business_date": business_date})
+            reads.append(
+                (
+                    frame,
+                    {longer: ("purchase_value", "purchase_count"), shorter[0]: ("recent_value", "recent_count")},
+                )
+            )
+        else:
+            frame = read_frame(erp, "erp/purchases_since", {"since": since, "business_date": business_date})
+            reads.append((frame, {longer: ("purchase_value", "purchase_count")}))
+    return reads
 
 
 def plan(
