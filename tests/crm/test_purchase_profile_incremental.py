@@ -179,6 +179,14 @@ def linked_customers(var: Path, n: int) -> list[int]:
     return [c for c in bought if c in codes][:n]
 
 
+def after_every_stamp(var: Path) -> str:
+    """A stamp later than every ERP row's (written after the previous run read the watermark)."""
+    (latest,) = erp(
+        var, "SELECT MAX(m) FROM (SELECT MAX(updated_at) AS m FROM invoice UNION ALL SELECT MAX(updated_at) FROM quote)"
+    )[0]
+    return (dt.datetime.fromisoformat(latest) + dt.timedelta(seconds=1)).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
 def counted_invoices(var: Path, code: int) -> int:
     return erp(var, "SELECT COUNT(*) FROM invoice WHERE customer_code = ? AND NOT cancelled", code)[0][0]
 
@@ -370,3 +378,18 @@ def test_should_recompute_a_customer_whose_seen_invoice_falls_due_in_the_days_mo
     linked = sql(var, "SELECT 1 FROM crm_account WHERE erp_customer_code = ?", code)
     assert summary["mode"] == "incremental" and summary["accounts_recomputed"] == len(linked)
     assert_profiles_match(var, next_day)
+
+
+def test_should_run_in_full_when_more_invoices_changed_than_an_incremental_run_holds(var, monkeypatch):
+    from crm.jobs import purchase_profile as job
+
+    run(var, BD, "full", full_refresh=True)
+    (code,) = linked_customers(var, 1)
+    new_invoice(var, code, BD, 10.0, written=after_every_stamp(var))
+    new_invoice(var, code, BD, 11.0, written=after_every_stamp(var))
+    monkeypatch.setattr(job, "MAX_CHANGED_INVOICES", 1)
+
+    summary = run(var, BD, "bulk")
+
+    assert summary["mode"] == "full" and "a full run is cheaper" in summary["mode_reason"], summary
+    assert_profiles_match(var)
