@@ -222,7 +222,7 @@ def _write_setwise(
     type_of = {f: account.c[f].type.compile(dialect=dialect) for f in update.field_names}
     value_cols = [f"v{i}" for i in range(len(update.field_names))]
     conn.exec_driver_sql(
-        f"CREATE TEMPORARY TABLE {new_table} (code BIGINT PRIMARY KEY, "
+        f"CREATE TEMPORARY TABLE {new_table} (code INTEGER PRIMARY KEY, "
         + ", ".join(f"{c} {type_of[f]}" for c, f in zip(value_cols, update.field_names, strict=True))
         + ")"
     )
@@ -250,7 +250,7 @@ def _write_setwise(
         return
     h = account_history.c
     conn.exec_driver_sql(
-        f"CREATE TEMPORARY TABLE {hist_table} (code BIGINT PRIMARY KEY, field {h.field.type.compile(dialect=dialect)},"
+        f"CREATE TEMPORARY TABLE {hist_table} (code INTEGER PRIMARY KEY, field {h.field.type.compile(dialect=dialect)},"
         " old_value TEXT, new_value TEXT)"
     )
     conn.exec_driver_sql(
