@@ -126,3 +126,32 @@ def test_should_refuse_a_label_file_without_every_default_label(tmp_path):
     path.write_text("labels:\n  default:\n    erp: {active: A, inactive: I}\n  pt:\n    erp: {active: Ativo}\n")
     with pytest.raises(rules.LabelError, match=r"erp\.not_integrated, gp\.active"):
         rules.load_labels(path)
+
+
+def test_should_take_the_last_credit_row_of_a_customer_listed_twice():
+    codes = pd.Series([1, 2, None], dtype="Int64")
+    credit = pd.DataFrame({"customer_code": [1, 2, 1], "months_inactive": [6, 3, 18]})
+    assert rules.months_inactive_of(codes, credit, 12).tolist() == [18, 3, 12]
+
+
+def test_should_find_purchases_by_code_whatever_the_order_and_ignore_unknown_customers():
+    codes = pd.Series([30, None, 10, 20, 99], dtype="Int64")
+    purchases = pd.DataFrame(
+        {
+            "customer_code": [20, 10, 30, 10],
+            "last_purchase_date": ["2026-11-01", "2026-01-01", "2025-01-01", "2026-10-01"],
+        }
+    )
+    got = rules.erp_statuses(codes, np.array([12] * 5), purchases, D(2026, 11, 22))
+    assert got["status"].tolist() == ["inactive", "not_integrated", "active", "active", "inactive"]
+    last = [None if pd.isna(v) else pd.Timestamp(v).date() for v in got["last_purchase_date"]]
+    assert last == [None, None, D(2026, 10, 1), D(2026, 11, 1), None]  # 10: its latest; 30: out of the window
+
+
+def test_should_label_arrow_string_locales_with_nulls_and_empty_ones_as_the_default():
+    codes = np.array(["active", "inactive", "active", "not_integrated"], dtype=object)
+    locales = pd.Series(pd.array(["pl_PL", None, "", "pt"], dtype="str"))
+    got = rules.labels_of(codes, locales, "erp", rules.load_labels())
+    default = rules.load_labels()[""]["erp"]
+    assert got.tolist() == ["Aktywny ERP", default["inactive"], default["active"], "Não integrado ERP"]
+    assert rules.code_index(np.array(["inactive", "dormant", "active"], dtype=object)).tolist() == [1, -1, 0]
