@@ -155,3 +155,13 @@ def test_should_label_arrow_string_locales_with_nulls_and_empty_ones_as_the_defa
     default = rules.load_labels()[""]["erp"]
     assert got.tolist() == ["Aktywny ERP", default["inactive"], default["active"], "Não integrado ERP"]
     assert rules.code_index(np.array(["inactive", "dormant", "active"], dtype=object)).tolist() == [1, -1, 0]
+
+
+def test_should_never_match_a_key_by_truncating_it():
+    # whole-number codes are hashed as integers; a fractional key or probe keeps the float lookup
+    values = np.array([10.0, 20.0])
+    got = rules._lookup(np.array([1.0, 2.0]), values, np.array([2.0, 1.5, np.nan, 1.0]), keep="last")
+    np.testing.assert_array_equal(got, [20.0, np.nan, np.nan, 10.0])
+    got = rules._lookup(np.array([1.5, 2.0]), values, np.array([1.5, 1.0, 2.0]), keep="last")
+    np.testing.assert_array_equal(got, [10.0, np.nan, 20.0])
+    assert np.isnan(rules._lookup(np.array([]), np.array([]), np.array([1.0]), keep="max")).all()

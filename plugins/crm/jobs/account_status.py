@@ -116,7 +116,8 @@ def plan(
         facts_read = {"gp_beneficiaries": len(gp)}
     locales = accounts["locale"].where(accounts["locale"].notna(), accounts["company_locale"])
     status = facts["status"].to_numpy(dtype=object)
-    label = rules.labels_of(status, locales, source, rules.load_labels())
+    status_idx = rules.code_index(status)  # once, for the labels and the counts
+    label = rules.labels_of(status, locales, source, rules.load_labels(), code_idx=status_idx)
     # object columns on purpose: a string dtype would be inferred, converted to Arrow, and back for the diff
     wanted = pd.DataFrame(
         {
@@ -136,7 +137,7 @@ def plan(
     summary: dict[str, Any] = {
         "source": source,
         "accounts": len(accounts),
-        **_status_counts(status),
+        **_status_counts(status_idx),
         "accounts changed": len(report),
         "status changes": int(is_status.sum()),
         **_moves(report),
@@ -228,10 +229,9 @@ def _report(
     return out[REPORT_COLUMNS[source]]
 
 
-def _status_counts(status: np.ndarray) -> dict[str, int]:
-    """Accounts per status code (every code, zeros included)."""
-    got = rules.code_index(status)
-    counts = np.bincount(got[got >= 0], minlength=len(rules.CODES))
+def _status_counts(status_idx: np.ndarray) -> dict[str, int]:
+    """Accounts per status code (every code, zeros included), from the codes' positions in CODES."""
+    counts = np.bincount(status_idx[status_idx >= 0], minlength=len(rules.CODES))
     return {f"status {code}": int(n) for code, n in zip(rules.CODES, counts, strict=True)}
 
 
