@@ -136,10 +136,20 @@ class _InsertCounter:
         if self.mode != "precount":
             return None
         keys = frame[key_columns].iloc[start:stop]
+        if len(key_columns) == 1:  # as plain SQL: compiling a 5,000-value IN costs more than running it
+            q = self.conn.dialect.identifier_preparer.quote
+            p = _PLACEHOLDER[self.conn.dialect.paramstyle]
+            values = [_plain(v) for v in keys.iloc[:, 0].tolist()]
+            marks = ", ".join([p] * len(values))
+            sql = f"SELECT COUNT(*) FROM {q(self.table.name)} WHERE {q(key_columns[0])} IN ({marks})"
+            return int(self.conn.exec_driver_sql(sql, tuple(values)).scalar_one())
         cols = [self.table.c[c] for c in key_columns]
         values = [tuple(_plain(v) for v in row) for row in keys.itertuples(index=False, name=None)]
-        cond = cols[0].in_([v[0] for v in values]) if len(cols) == 1 else tuple_(*cols).in_(values)
-        return int(self.conn.execute(select(func.count()).select_from(self.table).where(cond)).scalar_one())
+        return int(
+            self.conn.execute(
+                select(func.count()).select_from(self.table).where(tuple_(*cols).in_(values))
+            ).scalar_one()
+        )
 
     def inserted(self, counted: int) -> int:
         if self.mode == "rowcount":

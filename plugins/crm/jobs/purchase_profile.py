@@ -92,6 +92,7 @@ class ComputeResult:
     # Every profile in scope already counts its days to this business date (a re-run for the previous
     # run's date): nothing for refresh_days_since to move.
     days_current: bool = False
+    known_unchanged: int = 0  # accounts considered but left out of `profiles`: they are as stored
 
 
 def scope_of(audience_code: str | None) -> str:
@@ -206,11 +207,16 @@ def compute(
     for chunk in quotes:
         acc.add_last_quotes(chunk)
     profiles = acc.result()
+    # Extended profiles that nothing was added to (an unchanged invoice the overlap brought back) are
+    # as stored: not written, counted unchanged.
+    as_stored = ~acc.may_have_changed()
+    if as_stored.any():
+        profiles = profiles[~as_stored].reset_index(drop=True)
     stats = {
         "mode": mode,
         "mode_reason": reason,
         "accounts_in_scope": _count_with_code(crm, audience_id),
-        "accounts_recomputed": len(profiles) - extended,
+        "accounts_recomputed": len(profiles) + int(as_stored.sum()) - extended,
         "accounts_extended": extended,
         "skipped_no_erp_code": _count_without_code(crm, audience_id),
         "invoices_read": acc.invoices_seen,
@@ -230,6 +236,7 @@ def compute(
         reread_quote_codes=quote_codes,
         changes_window=window,
         seen=seen,
+        known_unchanged=int(as_stored.sum()),
         days_current=mode == "incremental" and previous is not None and previous.business_date == business_date,
     )
 
@@ -265,10 +272,10 @@ def load(
         record_seen(conn, result.seen, run_id)
         summary = {
             **result.stats,
-            "accounts_considered": len(result.profiles),
+            "accounts_considered": len(result.profiles) + result.known_unchanged,
             "inserted": res.inserted,
             "updated": res.updated,
-            "unchanged": res.unchanged,
+            "unchanged": res.unchanged + result.known_unchanged,
             "dropped_no_erp_code": dropped,
             "days_refreshed": refreshed,
             "load_seconds": round(time.perf_counter() - t0, 3),

@@ -80,6 +80,8 @@ class ProfileAccumulator:
         self.high_water = np.full(n, -1, dtype=np.int64)
         # High water each account was resumed with (`resume`); no invoice is above it for the others.
         self._resumed_high_water = np.full(n, _NO_FIRST, dtype=np.int64)
+        self._resumed = np.zeros(n, dtype=bool)
+        self._touched = np.zeros(n, dtype=bool)  # resumed and given something since: an invoice, a quote
         self.invoices_seen = 0
         self.invoices_counted = 0
 
@@ -150,6 +152,7 @@ class ProfileAccumulator:
         self.last_number[i[win]] = number[win]
         np.maximum(self.last_key, chunk_last, out=self.last_key)
         np.maximum.at(self.high_water, i, ids)
+        self._touched[i] = True
 
     def resume(self, stored: pd.DataFrame, *, keep_last_quote: bool | np.ndarray = True) -> None:
         """Start some accounts from their stored profiles (the columns of `result()`) instead of from nothing.
@@ -187,6 +190,8 @@ class ProfileAccumulator:
         hw = stored["erp_invoice_high_water"].to_numpy(dtype=np.float64, na_value=np.nan)
         self.high_water[pos] = np.nan_to_num(hw, nan=-1.0).astype(np.int64)
         self._resumed_high_water[pos] = self.high_water[pos]
+        self._resumed[pos] = True
+        self._touched[pos] = ~keep  # its last quote is read again
 
     def add_last_quotes(self, chunk: pd.DataFrame) -> None:
         """Fold last quote dates (the erp/last_quotes.sql contract: customer_code, last_quote_date)."""
@@ -196,6 +201,11 @@ class ProfileAccumulator:
         day = chunk["last_quote_date"].to_numpy().astype("datetime64[D]")
         keep = known & ~np.isnat(day) & (day <= self._business_day)
         np.maximum.at(self.last_quote_day, pos[keep], (day[keep] - _DAY0).astype(np.int64))
+        self._touched[pos[keep]] = True
+
+    def may_have_changed(self) -> np.ndarray:
+        """Per row of `result()`: False for a resumed profile that nothing was added to (it is as stored)."""
+        return ~self._resumed | self._touched
 
     def result(self) -> pd.DataFrame:
         """account_id, the erp_customer_code it was computed from, and the nine fields, one row per account."""
