@@ -718,7 +718,13 @@ def ratios_and_targets(cases: dict[str, dict[str, Any]], accounts: int) -> list[
         lambda v: True,
         "{:.1%}",
     )
-    add("(b')/(a) incremental next day vs full", ratio("b2", "a"), "< 5% (target of (b))", lambda v: v < 0.05, "{:.1%}")
+    add(  # not a target of the issue's: a next-day run must move every account's day count (one UPDATE of all)
+        "(b')/(a) incremental next day vs full",
+        ratio("b2", "a"),
+        "(informative)",
+        lambda v: True,
+        "{:.1%}",
+    )
     routine = [cases[c]["peak_rss_mib"] for c in ("a", "b", "b2") if c in cases]
     add(
         "peak RSS of the routine (a, b, b')",
