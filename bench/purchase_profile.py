@@ -684,6 +684,14 @@ def guard_incremental(
 # --------------------------------------------------------------------------------------------
 
 
+def _verdict(value: float | None, target: str, ok: Callable[[float], bool]) -> str:
+    if value is None:
+        return "n/a"
+    if target == "(informative)":
+        return "-"
+    return "PASS" if ok(value) else "FAIL"
+
+
 def ratios_and_targets(cases: dict[str, dict[str, Any]], accounts: int) -> list[dict[str, Any]]:
     """The ratios the design asks for, each with its target (set for 1,000,000 accounts) and PASS/FAIL."""
 
@@ -703,7 +711,7 @@ def ratios_and_targets(cases: dict[str, dict[str, Any]], accounts: int) -> list[
                 "value": value,
                 "shown": "n/a" if value is None else fmt.format(value),
                 "target": target,
-                "result": "n/a" if value is None else "-" if target == "(informative)" else "PASS" if ok(value) else "FAIL",
+                "result": _verdict(value, target, ok),
             }
         )
 
