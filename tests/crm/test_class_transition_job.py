@@ -166,3 +166,12 @@ def test_should_read_two_windows_per_erp_scan_with_the_values_of_one_query_each(
     ]
     pairs, odd = divmod(len(windows), 2)
     assert sorted(reads) == sorted(["erp/purchases_in_windows"] * pairs + ["erp/purchases_since"] * odd)
+
+
+def test_should_give_zero_window_measures_when_nobody_bought_in_the_windows(dbs):
+    crm, erp = dbs
+    rules = [window_rule(1, "accumulated_value", 1), window_rule(2, "purchase_count", 2)]
+    later = dt.date(2030, 1, 1)  # every invoice is years before
+    measures, facts = job.measures_for(job.read_accounts(crm), job.read_profiles(crm), erp, rules, later)
+    assert measures["accumulated_value@1"].tolist() == [0.0] * 5 and measures["purchase_count@2"].tolist() == [0.0] * 5
+    assert facts["window 1 months customers"] == facts["window 2 months customers"] == 0

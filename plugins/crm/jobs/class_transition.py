@@ -183,12 +183,13 @@ def lifetime_as_of(
     ProfileAccumulator, so a backfill sees that date's purchases only.
     """
     columns = [c for c in LIFETIME_COLUMNS if c in profiles]  # read_profiles may have left some out
-    prof = profiles.reindex(accounts.index)[columns].copy()
+    aligned = profiles.reindex(accounts.index)  # the accounts' profile rows looked up once, for every column
+    prof = aligned[columns].copy()
     bd = np.datetime64(business_date, "D")
-    fresh = profiles["business_date"].reindex(accounts.index).to_numpy().astype("datetime64[D]") == bd
+    fresh = aligned["business_date"].to_numpy().astype("datetime64[D]") == bd
     if "erp_customer_code" in profiles:  # a profile computed under another ERP code is not this account's
         own = accounts["erp_customer_code"].to_numpy(dtype="float64", na_value=np.nan)
-        fresh &= profiles["erp_customer_code"].reindex(accounts.index).to_numpy(dtype="float64", na_value=np.nan) == own
+        fresh &= aligned["erp_customer_code"].to_numpy(dtype="float64", na_value=np.nan) == own
     has_code = accounts["erp_customer_code"].notna().to_numpy()
     need = has_code & ~fresh
     facts: dict[str, Any] = {"lifetime measures from the profile": int((has_code & fresh).sum())}
@@ -258,17 +259,14 @@ def measures_for(
     codes = accounts["erp_customer_code"].to_numpy(dtype="float64", na_value=np.nan)
     window_facts: dict[int, dict[str, Any]] = {}
     for frame, columns in _window_reads(erp, ct.windows_needed(rules), business_date):
-        index = pd.Index(frame["customer_code"].to_numpy(dtype="float64"))
+        if not frame["customer_code"].is_unique:  # one row per customer by contract; sum duplicates all the same
+            frame = frame.groupby("customer_code", as_index=False).sum()
+        pos = pd.Index(frame["customer_code"].to_numpy(dtype="float64")).get_indexer(codes)  # once per scan
         for months, (value_col, count_col) in columns.items():
             value = frame[value_col].to_numpy(dtype="float64")
             count = frame[count_col].to_numpy(dtype="float64")
-            if not index.is_unique:  # one row per customer by contract; sum duplicates all the same
-                sums = pd.DataFrame({"v": value, "c": count}).groupby(index.to_numpy()).sum()
-                index, value, count = pd.Index(sums.index), sums["v"].to_numpy(), sums["c"].to_numpy()
-            pos = index.get_indexer(codes)
-            found = pos >= 0
-            out[f"accumulated_value@{months}"] = np.round(np.where(found, value[pos], 0.0), 2)
-            out[f"purchase_count@{months}"] = np.where(found, count[pos], 0.0)
+            out[f"accumulated_value@{months}"] = np.round(_gathered(value, pos), 2)
+            out[f"purchase_count@{months}"] = _gathered(count, pos)
             window_facts[months] = {
                 f"window {months} months since": months_before(business_date, months).isoformat(),
                 f"window {months} months customers": int((count > 0).sum()),
@@ -276,6 +274,14 @@ def measures_for(
     for months in sorted(window_facts):
         facts.update(window_facts[months])
     return pd.DataFrame(out, index=accounts.index), facts
+
+
+def _gathered(values: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    """values[pos] per account, 0 where the customer bought nothing in the window (pos -1)."""
+    out = np.zeros(len(pos), dtype="float64")
+    found = pos >= 0
+    out[found] = values[pos[found]]
+    return out
 
 
 def _window_reads(
