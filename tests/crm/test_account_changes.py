@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+import numpy as np
 import pandas as pd
 import pytest
 import sqlalchemy as sa
@@ -250,3 +251,15 @@ def test_should_diff_by_position_or_by_label_alike_with_nulls_equal():
         (a, f) for a, f, _, _ in rows
     )
     assert diff(current, current, ["erp_status", "class_id"]).empty
+
+
+@pytest.mark.parametrize(("columns", "high"), [(3, 5), (2, 10**9), (3, 10**9), (6, 3)])
+def test_should_number_combinations_in_order_of_appearance_whatever_their_range(columns, high):
+    # few values: one mixed-radix key; ranges past 62 bits: column by column
+    matrix = np.random.default_rng(columns).integers(-2, high, (500, columns))
+    matrix[250:] = matrix[:250]  # every combination seen twice
+    key, first = account_changes._combinations(matrix)
+    seen: dict[tuple, int] = {}
+    want = [seen.setdefault(tuple(r), len(seen)) for r in matrix.tolist()]
+    assert key.tolist() == want
+    assert first.tolist() == [want.index(i) for i in range(len(seen))]

@@ -377,17 +377,26 @@ def _sorted_codes(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _combinations(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Dense code of each row's combination of values (first seen: 0) and the first row of each combination.
 
-    Column by column, re-densified after each, so the running key never overflows whatever the values.
+    The columns as the digits of one mixed-radix number, factorized once; where their ranges would
+    overflow 62 bits (many distinct values), column by column, re-densified after each.
     """
     n = len(matrix)
-    key = np.zeros(n, dtype=np.int64)
-    for j in range(matrix.shape[1]):
-        col = matrix[:, j]
-        low = int(col.min()) if n else 0
-        key, _ = pd.factorize(key * np.int64(int(col.max()) - low + 1 if n else 1) + (col - low))
-        key = key.astype(np.int64)
+    if not n:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    low = matrix.min(axis=0)
+    digits = matrix - low
+    ranges = [int(r) + 1 for r in digits.max(axis=0)]
+    if float(np.prod(np.asarray(ranges, dtype=np.float64))) < 2.0**62:
+        key = np.zeros(n, dtype=np.int64)
+        for j, r in enumerate(ranges):
+            key = key * np.int64(r) + digits[:, j]
+        key = pd.factorize(key)[0].astype(np.int64)
+    else:
+        key = np.zeros(n, dtype=np.int64)
+        for j in range(matrix.shape[1]):
+            key = pd.factorize(key * np.int64(ranges[j]) + digits[:, j])[0].astype(np.int64)
     # factorize numbers combinations in order of appearance: a first row is one whose code exceeds all before it
-    first = np.flatnonzero(key > np.maximum.accumulate(np.concatenate([[-1], key[:-1]]))) if n else key
+    first = np.flatnonzero(key > np.maximum.accumulate(np.concatenate([[-1], key[:-1]])))
     return key, first
 
 
