@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 
 from crm.db import engine_from_url
-from crm.db.frames import adbc_sqlite, select_frame
+from crm.db.frames import _compiled, adbc_sqlite, select_frame
 
 pytestmark = pytest.mark.skipif(adbc_sqlite() is None, reason="adbc_driver_sqlite is pinned in requirements.txt")
 
@@ -55,3 +55,34 @@ def test_should_fall_back_to_the_cursor_when_a_column_changes_type(engine, monke
     arrow, cursor = both(engine, monkeypatch, stmt, ["id", "mixed"])
     pd.testing.assert_frame_equal(arrow, cursor)
     assert arrow["mixed"].iloc[-1] == "text after numbers" and arrow["mixed"].iloc[0] == 1
+
+
+def test_should_expand_long_in_lists_itself_and_keep_the_other_parameters_in_place(crm_engine):
+    from crm.db.crm_schema import company
+
+    with crm_engine.begin() as conn:
+        conn.execute(
+            company.insert(),
+            [{"id": i, "code": f"C{i}", "name": f"Company {i}", "locale": "pt_BR"} for i in range(1, 301)],
+        )
+    wanted = list(range(0, 400, 3))  # some ids absent
+    stmt = (
+        sa.select(company.c.id, company.c.code)
+        .where(
+            company.c.id > 5,
+            company.c.id.in_(wanted),
+            company.c.name != "Company 9",
+            company.c.id.in_([12, 15, 21, 99]),
+        )
+        .order_by(company.c.id)
+    )
+    with crm_engine.connect() as conn:
+        expected = [tuple(r) for r in conn.execute(stmt)]
+    got = select_frame(crm_engine, stmt, ["id", "code"], arrow=False)
+    sql, args = _compiled(stmt, crm_engine.dialect)  # expanded here, not by render_postcompile
+    assert "POSTCOMPILE" not in sql and len(args) == 2 + len(wanted) + 4
+    assert (
+        [tuple(r) for r in got.itertuples(index=False)]
+        == expected
+        == [(12, "C12"), (15, "C15"), (21, "C21"), (99, "C99")]
+    )

@@ -28,24 +28,56 @@ def select_frame(db: Engine, stmt: Select, columns: Sequence[str], *, arrow: boo
     bound values (ADBC binds each value through Python: 0.1 s per 5,000, more than the read itself).
     """
     with db.connect() as conn:
-        compiled = stmt.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
-        params = compiled.params
-        if compiled.positiontup is not None:
-            args: tuple | dict = tuple(params[k] for k in compiled.positiontup)
-        else:
-            args = params
+        sql, args = _compiled(stmt, conn.dialect)
         path = arrow_sqlite_path(db) if arrow else None
         if path is not None:
-            frame = _arrow_select(path, compiled.string, args, columns)
+            frame = _arrow_select(path, sql, args, columns)
             if frame is not None:
                 return frame
         cursor = conn.connection.dbapi_connection.cursor()
         try:
-            cursor.execute(compiled.string, args)
+            cursor.execute(sql, args)
             rows = cursor.fetchall()
         finally:
             cursor.close()
     return pd.DataFrame.from_records(rows, columns=list(columns), coerce_float=False)
+
+
+def _compiled(stmt: Select, dialect: Any) -> tuple[str, tuple | dict]:
+    """SQL text and driver parameters, IN lists expanded here.
+
+    SQLAlchemy's own expansion (`render_postcompile`) takes 0.15 s for one IN of 5,000 values, far more
+    than running the query; placeholders are written out directly for the driver's paramstyle.
+    """
+    compiled = stmt.compile(dialect=dialect)
+    params = compiled.params
+    sql = compiled.string
+    lists = {name for bind, name in compiled.bind_names.items() if bind.expanding}
+    style = dialect.paramstyle
+    if not lists or style not in ("qmark", "format", "pyformat") or any(not params[n] for n in lists):
+        compiled = stmt.compile(dialect=dialect, compile_kwargs={"render_postcompile": True})
+        params = compiled.params
+        if compiled.positiontup is not None:
+            return compiled.string, tuple(params[k] for k in compiled.positiontup)
+        return compiled.string, params
+    if compiled.positiontup is not None:  # qmark, format: positional
+        mark = "?" if style == "qmark" else "%s"
+        args: list[Any] = []
+        for name in compiled.positiontup:
+            if name in lists:
+                values = list(params[name])
+                sql = sql.replace(f"__[POSTCOMPILE_{name}]", ", ".join([mark] * len(values)), 1)
+                args.extend(values)
+            else:
+                args.append(params[name])
+        return sql, tuple(args)
+    named = {k: v for k, v in params.items() if k not in lists}
+    for name in lists:
+        values = list(params[name])
+        keys = [f"{name}__x{i}" for i in range(len(values))]
+        sql = sql.replace(f"__[POSTCOMPILE_{name}]", ", ".join(f"%({k})s" for k in keys))
+        named.update(zip(keys, values, strict=True))
+    return sql, named
 
 
 def arrow_sqlite_path(db: Engine) -> str | None:
