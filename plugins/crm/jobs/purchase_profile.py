@@ -374,16 +374,10 @@ class IncrementalPlan:
     drop: list[int]  # accounts whose profile goes (they lost their ERP code)
 
 
+# What resuming a profile needs from its stored row: the fields except the day count (recomputed).
 _STORED = [
     "erp_customer_code",
-    "first_purchase_date",
-    "first_purchase_value",
-    "last_purchase_date",
-    "last_purchase_value",
-    "accumulated_value",
-    "purchase_count",
-    "last_quote_date",
-    "last_invoice_number",
+    *(f for f in PROFILE_FIELDS if f != "days_since_last_purchase"),
     "erp_invoice_high_water",
 ]
 
