@@ -98,6 +98,31 @@ def test_should_leave_the_table_exactly_as_before_when_a_late_chunk_violates_a_c
     assert table_rows(engine) == before
 
 
+def test_should_leave_the_table_as_before_when_a_chunk_of_existing_rows_violates_a_constraint(engine):
+    upsert(engine, account_profile, profiles(50), ["account_id"])
+    before = table_rows(engine)
+    frame = profiles(50, "r2")
+    frame["purchase_count"] = frame["purchase_count"] + 1
+    frame.loc[frame["account_id"] == 45, "purchase_count"] = -1  # every key of every chunk exists already
+    with pytest.raises(sa.exc.IntegrityError):
+        upsert(engine, account_profile, frame, ["account_id"], chunk_rows=10)
+    assert table_rows(engine) == before
+
+
+def test_should_update_existing_rows_in_place_with_the_same_counts_as_the_upsert(engine):
+    upsert(engine, account_profile, profiles(40), ["account_id"], compare_columns=FIELDS)
+    frame = profiles(40, "r2")
+    frame.loc[frame["account_id"].isin([2, 31]), "accumulated_value"] = 7.25
+    frame.loc[frame["account_id"] == 9, "last_invoice_number"] = None  # value -> null is a change
+    res = upsert(engine, account_profile, frame, ["account_id"], compare_columns=FIELDS, chunk_rows=8)
+    assert (res.inserted, res.updated, res.unchanged) == (0, 3, 37)
+    rows = {r[0]: r for r in table_rows(engine)}
+    col = {c.name: i for i, c in enumerate(account_profile.columns)}
+    assert float(rows[31][col["accumulated_value"]]) == 7.25 and rows[31][col["run_id"]] == "r2"
+    assert rows[9][col["last_invoice_number"]] is None and rows[9][col["run_id"]] == "r2"
+    assert rows[10][col["run_id"]] == "r1"
+
+
 def test_should_roll_back_to_a_savepoint_inside_the_callers_transaction(engine):
     frame = profiles(30)
     frame.loc[frame["account_id"] == 29, "purchase_count"] = -1

@@ -5,7 +5,10 @@ bound-variable limit), all chunks inside one transaction, so a failure in a
 late chunk leaves the table exactly as before. Rows whose compared columns
 are unchanged are not rewritten (the DO UPDATE has a WHERE ... IS DISTINCT
 FROM clause), which is what makes a re-run touch nothing and lets the caller
-tell updated rows from unchanged ones.
+tell updated rows from unchanged ones. On SQLite, a chunk whose keys all
+exist already (counted first, see _InsertCounter) is written as a plain
+UPDATE per row with the same comparison instead: same outcome, without the
+INSERT attempt and its conflict check.
 
 The SQL text is built here rather than through `insert().values([...])`
 because compiling a statement with thousands of bound parameters per chunk
@@ -84,11 +87,18 @@ def upsert(
         sql_for = _statement_builder(conn, table, columns, key_columns, update_columns, compare, placeholder)
 
         counter = _InsertCounter(conn, table, key_columns, n=len(frame))
+        update_sql = _update_statement(conn, table, columns, key_columns, update_columns, compare)
         inserted = changed = 0
         n = len(frame)
         for start in range(0, n, rows_per_chunk):
             stop = min(start + rows_per_chunk, n)
             existing = counter.existing_before(frame, key_columns, start, stop)
+            if existing == stop - start and update_sql is not None:
+                # Every key is already there: a plain UPDATE per row skips the INSERT attempt and its
+                # conflict check (half the time of the upsert on SQLite, measured), same outcome.
+                rows = list(zip(*(v[start:stop] for v in values), strict=True))
+                changed += max(conn.exec_driver_sql(update_sql, rows).rowcount, 0)
+                continue
             params = tuple(chain.from_iterable(zip(*(v[start:stop] for v in values), strict=True)))
             result = conn.exec_driver_sql(sql_for(stop - start) + counter.returning, params)
             if counter.returning:
@@ -253,6 +263,30 @@ def _statement_builder(
         return cache[nrows]
 
     return sql_for
+
+
+def _update_statement(
+    conn: Connection,
+    table: Table,
+    columns: list[str],
+    key_columns: list[str],
+    update_columns: list[str],
+    compare: list[str],
+) -> str | None:
+    """SQLite: UPDATE ... WHERE key AND (a compared column differs), on a row's values in frame order.
+
+    Numbered parameters (?1, ?2, ...) let the SET, the key and the comparison share one value per
+    column. None where it does not apply: PostgreSQL (RETURNING counts there), nothing to update.
+    """
+    if conn.dialect.name != "sqlite" or not update_columns:
+        return None
+    q = conn.dialect.identifier_preparer.quote
+    pos = {c: i + 1 for i, c in enumerate(columns)}
+    sets = ", ".join(f"{q(c)} = ?{pos[c]}" for c in update_columns)
+    where = " AND ".join(f"{q(c)} = ?{pos[c]}" for c in key_columns)
+    if compare:
+        where += " AND (" + " OR ".join(f"{q(c)} IS NOT ?{pos[c]}" for c in compare) + ")"
+    return f"UPDATE {conn.dialect.identifier_preparer.format_table(table)} SET {sets} WHERE {where}"
 
 
 def _driver_values(series: pd.Series, sqltype: Any, dialect_name: str) -> list[Any]:
