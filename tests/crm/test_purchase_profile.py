@@ -136,6 +136,31 @@ def test_should_give_the_same_answer_whatever_the_chunking():
     pd.testing.assert_frame_equal(got[expected.columns], expected, check_names=False, check_dtype=False)
 
 
+def test_should_give_the_same_last_invoice_numbers_from_arrow_strings_as_from_objects():
+    inv = invoices(
+        [
+            (1, 1, "2026-01-01", 10.0, "NF-1", False),
+            (2, 1, "2026-03-01", 20.0, None, False),  # the last purchase has no number
+            (3, 2, "2026-02-01", 30.0, "NF-3", False),
+            (4, 2, "2026-04-01", 40.0, "NF-4", True),  # cancelled: not the last
+            (5, 3, "2026-05-01", 50.0, "Ș-5", False),
+        ]
+    )
+    arrow = inv.assign(invoice_number=inv["invoice_number"].astype("string[pyarrow]"))
+
+    def in_chunks_of_two(frame: pd.DataFrame) -> pd.DataFrame:
+        acc = ProfileAccumulator(accounts(1, 2, 3), BD)
+        for start in range(0, len(frame), 2):
+            acc.add_invoices(frame.iloc[start : start + 2])
+        return acc.result()
+
+    plain, got = in_chunks_of_two(inv), in_chunks_of_two(arrow)
+    pd.testing.assert_frame_equal(got, plain)
+    pd.testing.assert_frame_equal(got, compute_profiles(accounts(1, 2, 3), inv, quotes([]), BD))
+    numbers = got.set_index("account_id")["last_invoice_number"]
+    assert numbers.isna().tolist() == [True, False, False] and numbers.iloc[1:].tolist() == ["NF-3", "Ș-5"]
+
+
 def test_should_reject_duplicate_customer_codes_among_accounts():
     with pytest.raises(ValueError, match="unique"):
         ProfileAccumulator(pd.DataFrame({"account_id": [1, 2], "erp_customer_code": [5, 5]}), BD)

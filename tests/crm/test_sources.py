@@ -144,6 +144,23 @@ def test_should_read_the_same_frames_through_arrow_as_through_the_cursor(db, tmp
         assert f.equals(s)
 
 
+def test_should_keep_text_as_arrow_strings_only_when_asked(db, tmp_path, monkeypatch):
+    import crm.sources as sources
+
+    sql_dir = write(tmp_path, "x/text", HEADER + "select code, d, v, name, flag, ts from t order by code")
+    if sources.adbc_sqlite() is None:
+        pytest.skip("adbc-driver-sqlite is not installed")
+    (plain,) = iter_frames(db, "x/text", sql_dir=sql_dir)
+    (arrow,) = iter_frames(db, "x/text", sql_dir=sql_dir, arrow_text=True)
+    assert plain["name"].dtype == object and plain["name"].tolist() == ["Łukasz", "Ștefan", None]
+    assert str(arrow["name"].dtype) == "string" and arrow["name"].dtype.storage == "pyarrow"
+    assert arrow["name"].to_numpy(dtype=object, na_value=None).tolist() == ["Łukasz", "Ștefan", None]
+    assert arrow.drop(columns="name").equals(plain.drop(columns="name"))
+    monkeypatch.setenv("CRM_SOURCES_ARROW", "0")  # the cursor path has no Arrow strings to keep
+    (cursor,) = iter_frames(db, "x/text", sql_dir=sql_dir, arrow_text=True)
+    assert cursor["name"].dtype == object
+
+
 def test_should_name_the_file_when_a_type_changes_after_the_first_chunk(db, tmp_path):
     with db.begin() as conn:
         conn.exec_driver_sql("insert into t (code, d, flag) values (4, '2026-03-04', 1), ('five', '2026-03-05', 0)")

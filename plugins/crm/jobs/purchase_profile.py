@@ -176,6 +176,7 @@ def compute(
             "erp/invoices_by_customer",
             {"business_date": business_date, "customer_codes": codes},
             chunk_rows=chunk_rows,
+            arrow_text=True,
         )
         quotes = iter_frames(
             erp,
@@ -197,7 +198,9 @@ def compute(
         seen = _seen(_overlap_invoices(erp, watermark, business_date), watermark)
         accounts, _ = accounts_in_scope(crm, audience_code)
         acc = ProfileAccumulator(accounts, business_date)
-        invoices = iter_frames(erp, "erp/invoices", {"business_date": business_date}, chunk_rows=chunk_rows)
+        invoices = iter_frames(
+            erp, "erp/invoices", {"business_date": business_date}, chunk_rows=chunk_rows, arrow_text=True
+        )
         quotes = iter_frames(erp, "erp/last_quotes", {"business_date": business_date}, chunk_rows=chunk_rows)
         log.info("purchase profile: %s run (%s), %d accounts to compute", mode, reason, len(accounts))
 

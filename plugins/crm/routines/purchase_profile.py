@@ -133,7 +133,6 @@ class ProfileAccumulator:
         if ids.min() < 0 or ids.max() > _MAX_ID:
             raise ValueError(f"invoice_id must be between 0 and {_MAX_ID}")
         value = chunk["total_value"].to_numpy(dtype=np.float64)[keep]
-        number = chunk["invoice_number"].to_numpy(dtype=object)[keep]
         key = ((day[keep] - _DAY0).astype(np.int64) << _ID_BITS) | ids
         n = len(self._codes)
         self.invoices_counted += len(i)
@@ -150,7 +149,9 @@ class ProfileAccumulator:
         np.maximum.at(chunk_last, i, key)
         win = (key == chunk_last[i]) & (key > self.last_key[i])
         self.last_value[i[win]] = value[win]
-        self.last_number[i[win]] = number[win]
+        # Only the winners' numbers become Python strings (the column may hold Arrow strings).
+        winners = chunk["invoice_number"].iloc[np.flatnonzero(keep)[win]]
+        self.last_number[i[win]] = winners.to_numpy(dtype=object, na_value=None)
         np.maximum(self.last_key, chunk_last, out=self.last_key)
         np.maximum.at(self.high_water, i, ids)
         self._touched[i] = True

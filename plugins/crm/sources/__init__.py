@@ -131,8 +131,15 @@ def iter_frames(
     *,
     chunk_rows: int = 500_000,
     sql_dir: Path = SQL_DIR,
+    arrow_text: bool = False,
 ) -> Iterator[pd.DataFrame]:
-    """Checked DataFrames of at most `chunk_rows` rows; always at least one (possibly empty) frame."""
+    """Checked DataFrames of at most `chunk_rows` rows; always at least one (possibly empty) frame.
+
+    `arrow_text`: where the result is read as Arrow, `str` columns stay Arrow strings (pandas'
+    `string[pyarrow]`, nulls as NA) instead of one Python object per value: for a caller that looks
+    at few of them (ten million invoice numbers, of which it keeps the last one per account).
+    Elsewhere they are object columns, as always.
+    """
     query = load_query(name, sql_dir)
     params = dict(params or {})
     _check_params(query, params)
@@ -150,7 +157,7 @@ def iter_frames(
         if not yielded:
             yield _empty(query)
         return
-    yield from _run(db, query, params, chunk_rows)
+    yield from _run(db, query, params, chunk_rows, arrow_text=arrow_text)
 
 
 def _too_many_lists(query: Query) -> Any:
@@ -168,13 +175,19 @@ def _check_params(query: Query, params: Mapping[str, Any]) -> None:
 
 
 def _run(
-    db: Engine | Connection, query: Query, params: Mapping[str, Any], chunk_rows: int, first_row: int = 0
+    db: Engine | Connection,
+    query: Query,
+    params: Mapping[str, Any],
+    chunk_rows: int,
+    first_row: int = 0,
+    *,
+    arrow_text: bool = False,
 ) -> Iterator[pd.DataFrame]:
     """The result in checked frames; `first_row`: the result's rows before this statement (for error messages)."""
     if isinstance(db, Engine):
         path = _arrow_readable(db, query)
         if path is not None:
-            yield from _run_arrow(db, path, query, params, chunk_rows, first_row)
+            yield from _run_arrow(db, path, query, params, chunk_rows, first_row, arrow_text=arrow_text)
             return
         with db.connect() as conn:
             yield from _run(conn, query, params, chunk_rows, first_row)
@@ -213,7 +226,14 @@ def _arrow_readable(db: Engine, query: Query) -> str | None:
 
 
 def _run_arrow(
-    db: Engine, path: str, query: Query, params: Mapping[str, Any], chunk_rows: int, first_row: int = 0
+    db: Engine,
+    path: str,
+    query: Query,
+    params: Mapping[str, Any],
+    chunk_rows: int,
+    first_row: int = 0,
+    *,
+    arrow_text: bool = False,
 ) -> Iterator[pd.DataFrame]:
     """Read a SQLite file as Arrow record batches: no Python object per value, the same frames as `_run`.
 
@@ -251,7 +271,7 @@ def _run_arrow(
                 continue
             try:
                 with _gc_paused():
-                    frame = _arrow_frame(query, batch, positions, first_row)
+                    frame = _arrow_frame(query, batch, positions, first_row, arrow_text)
             except ContractError as exc:
                 if not yielded:
                     reader = None
@@ -286,16 +306,18 @@ def _raise_exact(
     raise ContractError(f"{query.path}: {exc}") from exc
 
 
-def _arrow_frame(query: Query, batch: Any, positions: list[int], first_row: int = 0) -> pd.DataFrame:
+def _arrow_frame(
+    query: Query, batch: Any, positions: list[int], first_row: int = 0, arrow_text: bool = False
+) -> pd.DataFrame:
     return pd.DataFrame(
         {
-            c.name: _arrow_column(query, c, batch.column(pos), first_row)
+            c.name: _arrow_column(query, c, batch.column(pos), first_row, arrow_text)
             for c, pos in zip(query.columns, positions, strict=True)
         }
     )
 
 
-def _arrow_column(query: Query, col: ColumnSpec, arr: Any, first_row: int = 0) -> Any:
+def _arrow_column(query: Query, col: ColumnSpec, arr: Any, first_row: int = 0, arrow_text: bool = False) -> Any:
     """An Arrow column as `_convert` returns it: common cases without Python objects, the rest through `_convert`."""
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -315,6 +337,8 @@ def _arrow_column(query: Query, col: ColumnSpec, arr: Any, first_row: int = 0) -
         if ((values == 0) | (values == 1)).all():
             return values.astype(bool)
     if col.type == "str" and typ == pa.string() and (no_nulls or col.nullable):
+        if arrow_text:
+            return pd.Series(pd.arrays.ArrowStringArray(arr))
         return pd.Series(arr.to_numpy(zero_copy_only=False), dtype=object)
     if col.type == "date" and typ == pa.string() and (no_nulls or col.nullable):
         try:
