@@ -87,6 +87,22 @@ def test_should_count_inserts_and_updates_exactly_whichever_way_the_table_is_cou
     assert (res.inserted, res.updated, res.unchanged) == (25, 2, 13)
 
 
+def test_should_write_the_same_rows_whatever_the_conversion_blocks(engine, monkeypatch):
+    import sys
+
+    upsert_module = sys.modules["crm.db.upsert"]  # the package re-exports the function under the same name
+    frame = profiles(45)
+    upsert(engine, account_profile, frame, ["account_id"], compare_columns=FIELDS)
+    whole = table_rows(engine)
+    with engine.begin() as conn:
+        conn.execute(account_profile.delete())
+    monkeypatch.setattr(upsert_module, "_CONVERT_ROWS", 7)  # blocks of 6 rows, chunks of 3: 45 = 7 x 6 + 3
+    upsert(engine, account_profile, frame.iloc[:20], ["account_id"], compare_columns=FIELDS, chunk_rows=3)
+    res = upsert(engine, account_profile, frame, ["account_id"], compare_columns=FIELDS, chunk_rows=3)
+    assert (res.inserted, res.updated, res.unchanged) == (25, 0, 20)
+    assert table_rows(engine) == whole
+
+
 def test_should_leave_the_table_exactly_as_before_when_a_late_chunk_violates_a_constraint(engine):
     upsert(engine, account_profile, profiles(50), ["account_id"])
     before = table_rows(engine)

