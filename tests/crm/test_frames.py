@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 
 from crm.db import engine_from_url
-from crm.db.frames import _compiled, adbc_sqlite, select_frame
+from crm.db.frames import adbc_sqlite, driver_sql, select_frame
 
 pytestmark = pytest.mark.skipif(adbc_sqlite() is None, reason="adbc_driver_sqlite is pinned in requirements.txt")
 
@@ -79,7 +79,7 @@ def test_should_expand_long_in_lists_itself_and_keep_the_other_parameters_in_pla
     with crm_engine.connect() as conn:
         expected = [tuple(r) for r in conn.execute(stmt)]
     got = select_frame(crm_engine, stmt, ["id", "code"], arrow=False)
-    sql, args = _compiled(stmt, crm_engine.dialect)  # expanded here, not by render_postcompile
+    sql, args = driver_sql(stmt, crm_engine.dialect)  # expanded here, not by render_postcompile
     assert "POSTCOMPILE" not in sql and len(args) == 2 + len(wanted) + 4
     assert (
         [tuple(r) for r in got.itertuples(index=False)]

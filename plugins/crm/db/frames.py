@@ -28,7 +28,7 @@ def select_frame(db: Engine, stmt: Select, columns: Sequence[str], *, arrow: boo
     bound values (ADBC binds each value through Python: 0.1 s per 5,000, more than the read itself).
     """
     with db.connect() as conn:
-        sql, args = _compiled(stmt, conn.dialect)
+        sql, args = driver_sql(stmt, conn.dialect)
         path = arrow_sqlite_path(db) if arrow else None
         if path is not None:
             frame = _arrow_select(path, sql, args, columns)
@@ -43,8 +43,10 @@ def select_frame(db: Engine, stmt: Select, columns: Sequence[str], *, arrow: boo
     return pd.DataFrame.from_records(rows, columns=list(columns), coerce_float=False)
 
 
-def _compiled(stmt: Select, dialect: Any) -> tuple[str, tuple | dict]:
-    """SQL text and driver parameters, IN lists expanded here.
+def driver_sql(stmt: Any, dialect: Any) -> tuple[str, tuple | dict]:
+    """SQL text in the driver's paramstyle and its parameters, IN lists (expanding binds) expanded here.
+
+    The one way statements with lists reach a raw DBAPI cursor (`select_frame`, `crm.sources`).
 
     SQLAlchemy's own expansion (`render_postcompile`) takes 0.15 s for one IN of 5,000 values, far more
     than running the query; placeholders are written out directly for the driver's paramstyle.
@@ -54,12 +56,13 @@ def _compiled(stmt: Select, dialect: Any) -> tuple[str, tuple | dict]:
     sql = compiled.string
     lists = {name for bind, name in compiled.bind_names.items() if bind.expanding}
     style = dialect.paramstyle
-    if not lists or style not in ("qmark", "format", "pyformat") or any(not params[n] for n in lists):
-        compiled = stmt.compile(dialect=dialect, compile_kwargs={"render_postcompile": True})
-        params = compiled.params
+    if lists and (style not in ("qmark", "format", "pyformat") or any(not params[n] for n in lists)):
+        compiled = stmt.compile(dialect=dialect, compile_kwargs={"render_postcompile": True})  # empty IN, other styles
+        params, sql, lists = compiled.params, compiled.string, set()
+    if not lists:
         if compiled.positiontup is not None:
-            return compiled.string, tuple(params[k] for k in compiled.positiontup)
-        return compiled.string, params
+            return sql, tuple(params[k] for k in compiled.positiontup)
+        return sql, params
     if compiled.positiontup is not None:  # qmark, format: positional
         mark = "?" if style == "qmark" else "%s"
         args: list[Any] = []

@@ -38,7 +38,7 @@ import pandas as pd
 from sqlalchemy import Connection, Engine, bindparam, text
 
 from crm.config import SQL_DIR
-from crm.db.frames import adbc_sqlite, arrow_sqlite_path
+from crm.db.frames import adbc_sqlite, arrow_sqlite_path, driver_sql
 
 TYPES = ("int", "float", "str", "date", "datetime", "bool")
 _HEADER = re.compile(r"^--\s*@(column|param)\s+(\w+)\s+(\w+)(\[\])?(\?)?\s*(.*)$")
@@ -357,11 +357,7 @@ def _compiled(db: Connection | Engine, query: Query, params: Mapping[str, Any]) 
         if p.is_list:
             stmt = stmt.bindparams(bindparam(p.name, expanding=True))
     params = {k: _driver_param(v, db.dialect.name) for k, v in params.items()}
-    compiled = stmt.bindparams(**params).compile(dialect=db.dialect, compile_kwargs={"render_postcompile": True})
-    bound = compiled.params  # a property that rebuilds the dict on every access: read it once
-    if compiled.positiontup is not None:
-        return compiled.string, tuple(bound[k] for k in compiled.positiontup)
-    return compiled.string, bound
+    return driver_sql(stmt.bindparams(**params), db.dialect)
 
 
 def _driver_param(value: Any, dialect_name: str) -> Any:
