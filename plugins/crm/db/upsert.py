@@ -83,10 +83,9 @@ def upsert(
         if placeholder is None:
             raise NotImplementedError(f"upsert: driver paramstyle {dialect.paramstyle!r} is not supported")
         rows_per_chunk = _rows_per_chunk(conn, len(columns), chunk_rows)
-        sql_for = _statement_builder(conn, table, columns, key_columns, update_columns, compare, placeholder)
+        sql_for, update_sql = _statements(conn, table, columns, key_columns, update_columns, compare, placeholder)
 
         counter = _InsertCounter(conn, table, key_columns, n=len(frame))
-        update_sql = _update_statement(conn, table, columns, key_columns, update_columns, compare)
         inserted = changed = 0
         n = len(frame)
         for start, stop, values in _driver_blocks(frame, table, columns, dialect.name, rows_per_chunk):
@@ -252,7 +251,7 @@ def _rows_per_chunk(conn: Connection, ncols: int, chunk_rows: int | None) -> int
     return min(rows, chunk_rows) if chunk_rows else rows
 
 
-def _statement_builder(
+def _statements(
     conn: Connection,
     table: Table,
     columns: list[str],
@@ -260,7 +259,13 @@ def _statement_builder(
     update_columns: list[str],
     compare: list[str],
     placeholder: str,
-) -> Any:
+) -> tuple[Any, str | None]:
+    """The upsert for n rows (`sql_for(n)`), and on SQLite the UPDATE for rows known to exist.
+
+    The UPDATE (WHERE key AND a compared column differs) takes one row's values in frame order;
+    numbered parameters (?1, ?2, ...) let the SET, the key and the comparison share one value per
+    column. None on PostgreSQL (RETURNING counts there) or with nothing to update.
+    """
     q = conn.dialect.identifier_preparer.quote
     name = conn.dialect.identifier_preparer.format_table(table)
     distinct = "IS NOT" if conn.dialect.name == "sqlite" else "IS DISTINCT FROM"
@@ -280,31 +285,15 @@ def _statement_builder(
             cache[nrows] = head + ", ".join([row] * nrows) + tail
         return cache[nrows]
 
-    return sql_for
-
-
-def _update_statement(
-    conn: Connection,
-    table: Table,
-    columns: list[str],
-    key_columns: list[str],
-    update_columns: list[str],
-    compare: list[str],
-) -> str | None:
-    """SQLite: UPDATE ... WHERE key AND (a compared column differs), on a row's values in frame order.
-
-    Numbered parameters (?1, ?2, ...) let the SET, the key and the comparison share one value per
-    column. None where it does not apply: PostgreSQL (RETURNING counts there), nothing to update.
-    """
-    if conn.dialect.name != "sqlite" or not update_columns:
-        return None
-    q = conn.dialect.identifier_preparer.quote
-    pos = {c: i + 1 for i, c in enumerate(columns)}
-    sets = ", ".join(f"{q(c)} = ?{pos[c]}" for c in update_columns)
-    where = " AND ".join(f"{q(c)} = ?{pos[c]}" for c in key_columns)
-    if compare:
-        where += " AND (" + " OR ".join(f"{q(c)} IS NOT ?{pos[c]}" for c in compare) + ")"
-    return f"UPDATE {conn.dialect.identifier_preparer.format_table(table)} SET {sets} WHERE {where}"
+    update_sql = None
+    if conn.dialect.name == "sqlite" and update_columns:
+        pos = {c: i + 1 for i, c in enumerate(columns)}
+        sets = ", ".join(f"{q(c)} = ?{pos[c]}" for c in update_columns)
+        where = " AND ".join(f"{q(c)} = ?{pos[c]}" for c in key_columns)
+        if compare:
+            where += " AND (" + " OR ".join(f"{q(c)} {distinct} ?{pos[c]}" for c in compare) + ")"
+        update_sql = f"UPDATE {name} SET {sets} WHERE {where}"
+    return sql_for, update_sql
 
 
 def _driver_values(series: pd.Series, sqltype: Any, dialect_name: str) -> list[Any]:
