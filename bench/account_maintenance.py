@@ -75,8 +75,7 @@ RUN_ORDER = ("a", "b", "c", "d")
 ROUTINE_OF = {"b": "a", "d": "c"}
 
 
-class CaseCrashed(RuntimeError):
-    """A case's subprocess exited with an error."""
+CaseCrashed = pp.CaseCrashed
 
 
 # --------------------------------------------------------------------------------------------
@@ -498,29 +497,8 @@ def child_main(case: str, spec_path: Path) -> int:
 
 
 def run_case(case: str, spec: dict[str, Any], case_dir: Path, title: str | None = None) -> dict[str, Any]:
-    """Run one case in a fresh interpreter and return what it measured."""
-    case_dir.mkdir(parents=True, exist_ok=True)
-    spec_path = case_dir / "spec.json"
-    spec = {**spec, "out": str(case_dir / "result.json")}
-    Path(spec["out"]).unlink(missing_ok=True)
-    spec_path.write_text(json.dumps(spec, indent=1), encoding="utf-8")
-    print(f"  {title or LABEL[case] + ' ' + CASES[case]} ...", end=" ", flush=True)
-    # The fresh copy just written is still being flushed to disk: let that finish before the clock starts,
-    # or its writeback (and the fsync of the case's commit, which waits on it) lands inside the measurement.
-    os.sync()
-    proc = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve()), "--child", case, "--spec", str(spec_path)],
-        check=False,
-        env={
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "plugins"), os.environ.get("PYTHONPATH")])),
-        },
-    )
-    if proc.returncode != 0:
-        raise CaseCrashed(f"case {title or LABEL[case]} exited with status {proc.returncode}")
-    out = json.loads(Path(spec["out"]).read_text(encoding="utf-8"))
-    print(f"{out['seconds']:.2f} s, {out['rows']:,} {out['unit']}, peak RSS {out['peak_rss_mib']:.0f} MiB", flush=True)
-    return out
+    """Run one of this benchmark's cases in a fresh interpreter (purchase_profile's runner, this file's children)."""
+    return pp.run_case(case, spec, case_dir, title=title or f"{LABEL[case]} {CASES[case]}", script=Path(__file__))
 
 
 def ensure_profiled_crm(args: argparse.Namespace, data_dir: Path, data_meta: dict[str, Any], workdir: Path) -> Path:

@@ -344,6 +344,8 @@ def _bare_write_run(spec: dict[str, Any]) -> dict[str, Any]:
     then one UPDATE per row (executemany) and one commit into a fresh copy of the database (b)
     started from, with the routine's own SQLite settings (WAL, synchronous=NORMAL, foreign keys).
     """
+    from crm.db.engines import _sqlite_pragmas
+
     with closing(sqlite3.connect(spec["changed_from"])) as src:
         cur = src.execute("SELECT * FROM crm_account_profile WHERE run_id = ?", (spec["b_run_id"],))
         columns = [d[0] for d in cur.description]
@@ -353,9 +355,8 @@ def _bare_write_run(spec: dict[str, Any]) -> dict[str, Any]:
     sets = ", ".join(f"{c} = ?" for c in columns if c != "account_id")
     base = _rss_mib()
     t0 = time.perf_counter()
-    with closing(sqlite3.connect(spec["crm"], isolation_level=None)) as conn:
-        for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON"):
-            conn.execute(f"PRAGMA {pragma}")
+    with closing(sqlite3.connect(spec["crm"])) as conn:
+        _sqlite_pragmas(conn, None)  # the routine's engine's own settings, applied by the same function
         conn.execute("BEGIN IMMEDIATE")
         written = conn.executemany(f"UPDATE crm_account_profile SET {sets} WHERE account_id = ?", values).rowcount
         conn.execute("COMMIT")
@@ -587,18 +588,22 @@ def sample_codes(crm_db: Path, k: int, seed: int) -> list[int]:
     return random.Random(seed).sample(codes, min(k, len(codes)))
 
 
-def run_case(case: str, spec: dict[str, Any], case_dir: Path) -> dict[str, Any]:
-    """Run one case in a fresh interpreter and return what it measured."""
+def run_case(
+    case: str, spec: dict[str, Any], case_dir: Path, *, title: str | None = None, script: Path | None = None
+) -> dict[str, Any]:
+    """Run one case in a fresh interpreter (`script --child case`, default this file) and return what it measured."""
+    case_dir.mkdir(parents=True, exist_ok=True)
     spec_path = case_dir / "spec.json"
     spec = {**spec, "out": str(case_dir / "result.json")}
     Path(spec["out"]).unlink(missing_ok=True)
     spec_path.write_text(json.dumps(spec, indent=1), encoding="utf-8")
-    print(f"  {LABEL[case]:5} {CASES[case]} ...", end=" ", flush=True)
+    title = title or f"{LABEL[case]:5} {CASES[case]}"
+    print(f"  {title} ...", end=" ", flush=True)
     # The fresh copy just written is still being flushed to disk: let that finish before the clock starts,
     # or its writeback (and the fsync of the case's commit, which waits on it) lands inside the measurement.
     os.sync()
     proc = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve()), "--child", case, "--spec", str(spec_path)],
+        [sys.executable, str((script or Path(__file__)).resolve()), "--child", case, "--spec", str(spec_path)],
         check=False,
         env={
             **os.environ,
@@ -606,7 +611,7 @@ def run_case(case: str, spec: dict[str, Any], case_dir: Path) -> dict[str, Any]:
         },
     )
     if proc.returncode != 0:
-        raise CaseCrashed(f"case {LABEL[case]} exited with status {proc.returncode}")
+        raise CaseCrashed(f"case {title.strip()} exited with status {proc.returncode}")
     out = json.loads(Path(spec["out"]).read_text(encoding="utf-8"))
     print(f"{out['seconds']:.2f} s, {out['rows']:,} {out['unit']}, peak RSS {out['peak_rss_mib']:.0f} MiB", flush=True)
     return out
