@@ -176,7 +176,6 @@ def compute(
             "erp/invoices_by_customer",
             {"business_date": business_date, "customer_codes": codes},
             chunk_rows=chunk_rows,
-            arrow_text=True,
         )
         quotes = iter_frames(
             erp,
