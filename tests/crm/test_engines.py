@@ -104,6 +104,21 @@ def test_should_create_every_crm_table_from_the_command_line_and_leave_existing_
         assert conn.execute(sa.select(crm_schema.company.c.name)).scalars().all() == ["Kept"]
 
 
+def test_should_add_the_indexes_an_upgrade_defines_to_existing_tables(tmp_path):
+    url = f"sqlite:///{tmp_path / 'crm.db'}"
+    db_main(["create-schema", "--url", url])
+    with sa.create_engine(url).begin() as conn:  # a CRM database created before the index existed
+        conn.execute(sa.text("DROP INDEX ix_crm_account_updated_at_code"))
+        conn.execute(crm_schema.company.insert().values(id=1, code="C1", name="Kept"))
+    db_main(["create-schema", "--url", url])
+    engine = sa.create_engine(url)
+    indexes = {ix["name"]: ix["column_names"] for ix in sa.inspect(engine).get_indexes("crm_account")}
+    assert indexes["ix_crm_account_updated_at_code"] == ["updated_at", "erp_customer_code"]
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(crm_schema.company.c.name)).scalars().all() == ["Kept"]
+    engine.dispose()
+
+
 def test_should_create_the_reference_erp_schema_on_request(tmp_path):
     url = f"sqlite:///{tmp_path / 'erp.db'}"
     db_main(["create-schema", "--url", url, "--which", "erp"])

@@ -1,7 +1,8 @@
 """`python -m crm.db create-schema --url URL`: create the CRM tables in a real CRM database.
 
 Creates the tables that are missing and leaves existing ones (and their rows) alone, so it is safe
-to run again after an upgrade adds a table; it never alters an existing table. The reference ERP/GP
+to run again after an upgrade adds a table; it never alters an existing table's columns, but adds
+the indexes an upgrade defines on it (an index only changes how fast the routines find rows). The reference ERP/GP
 schemas are only for the demo and tests (`--which erp|gp`): a real ERP/GP is reached only through
 include/sql (read, and written by crm_erp_account_sync through erp/customer_upsert.sql).
 """
@@ -23,7 +24,11 @@ def main(argv: list[str] | None = None) -> None:
     create.add_argument("--which", choices=sorted(METADATA), default="crm")
     args = parser.parse_args(argv)
     engine = engine_from_url(args.url)
-    METADATA[args.which].create_all(engine)
+    metadata = METADATA[args.which]
+    metadata.create_all(engine)
+    for table in metadata.sorted_tables:  # create_all skips the indexes of tables that already exist
+        for index in table.indexes:
+            index.create(engine, checkfirst=True)
     print(f"{args.which} schema ready at {engine.url.render_as_string(hide_password=True)}")
 
 
