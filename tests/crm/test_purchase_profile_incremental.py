@@ -215,7 +215,12 @@ def quiet_watermark(var: Path) -> None:
     )
 
 
-def test_should_add_new_invoices_to_the_stored_profiles_without_rereading_those_customers(var):
+@pytest.mark.parametrize("lookup_batch", [None, 2], ids=["one lookup", "lookups in batches of 2"])
+def test_should_add_new_invoices_to_the_stored_profiles_without_rereading_those_customers(
+    var, lookup_batch, monkeypatch
+):
+    if lookup_batch:  # the changed customers' accounts looked up a few codes per statement: the same outcome
+        monkeypatch.setattr("crm.jobs.purchase_profile._LOOKUP_BATCH", lookup_batch)
     quiet_watermark(var)
     run(var, BD, "full", full_refresh=True)
     first, tie, other = linked_customers(var, 3)

@@ -54,7 +54,9 @@ DAG_ID = "crm_account_purchase_profile"
 # Watermarks are read back this much earlier: a row committed late with a slightly older stamp is
 # still seen (recomputing an unchanged account is harmless; missing a changed one is not).
 WATERMARK_OVERLAP = dt.timedelta(hours=1)
-_LOOKUP_BATCH = 5_000
+# Codes looked up per statement: under SQLite's 32,766 bound variables; one statement for the 1% of a
+# million customers (two of 5,000 cost 8 ms more, measured).
+_LOOKUP_BATCH = 20_000
 # More changed invoices than this: a full run (one sequential read) instead of holding them all at once.
 MAX_CHANGED_INVOICES = 1_000_000
 # What an invoice's digest covers: every column the profile uses, and its change stamp.
