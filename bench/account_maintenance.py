@@ -685,6 +685,7 @@ def print_report(results: dict[str, Any]) -> None:
         f"Account maintenance, {d['crm_accounts']:,} accounts ({d['accounts_with_erp_code']:,} with an ERP code,"
         f" none with a status yet), {d['erp_invoices']:,} ERP invoices, {d['active_class_rules']} active class rules"
         f" (SQLite {m['sqlite']}, Python {m['python']}, {m['cpus']} CPUs;"
+        f" {results['arguments']['warm_memory']:,} MiB of memory warmed before each run;"
         f' `make bench-accounts BENCH_ARGS="--accounts {results["arguments"]["accounts"]}"`):\n'
     )
     print("| " + " | ".join(head) + " |")
@@ -734,6 +735,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--repeat", type=int, default=1, help="run each case N times, report the fastest (default 1)")
     p.add_argument("--cprofile", default="", metavar="CASES", help="also run these routine cases (a, c) under cProfile")
     p.add_argument("--keep-copies", action="store_true", help="keep the per-case database copies under <workdir>/runs")
+    pp.add_warm_memory_argument(p)
     p.add_argument("--child", choices=sorted(CHILD_RUNNERS), help=argparse.SUPPRESS)
     p.add_argument("--spec", type=Path, help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -744,6 +746,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.child:
         return child_main(args.child, args.spec)
+    pp.WARM_MEMORY_MIB = args.warm_memory  # the case runner is purchase_profile's
 
     wanted = {c.strip() for c in args.cases.split(",") if c.strip()}
     unknown = sorted(wanted - set(CASES))

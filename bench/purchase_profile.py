@@ -450,16 +450,20 @@ def warm_cache(*paths: Path) -> None:
 
 
 def schema_fingerprint() -> str:
-    """A digest of the CRM, ERP and GP tables' columns: data generated for another schema is not reused."""
+    """A digest of the CRM, ERP and GP tables' columns and indexes: data made for another schema is not reused.
+
+    Indexes count: the same query on data generated with other indexes runs another plan.
+    """
     import hashlib
 
     from crm.db import crm_schema, erp_schema, gp_schema
 
-    parts = [
-        f"{t.name}.{c.name}:{c.type!r}:{c.nullable}"
-        for md in (crm_schema.metadata, erp_schema.metadata, gp_schema.metadata)
-        for t in md.sorted_tables
-        for c in t.columns
+    tables = [t for md in (crm_schema.metadata, erp_schema.metadata, gp_schema.metadata) for t in md.sorted_tables]
+    parts = [f"{t.name}.{c.name}:{c.type!r}:{c.nullable}" for t in tables for c in t.columns]
+    parts += [
+        f"{t.name}.{ix.name}({','.join(c.name for c in ix.columns)}){':unique' * bool(ix.unique)}"
+        for t in tables
+        for ix in sorted(t.indexes, key=lambda ix: str(ix.name))
     ]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
@@ -588,10 +592,44 @@ def sample_codes(crm_db: Path, k: int, seed: int) -> list[int]:
     return random.Random(seed).sample(codes, min(k, len(codes)))
 
 
+# MiB touched and freed before every timed run (--warm-memory, which main() sets it from); 0: none.
+WARM_MEMORY_MIB = 2048
+
+
+def warm_memory(mib: int) -> float:
+    """Touch `mib` MiB of fresh memory once and free it again; the seconds it took.
+
+    Why: on a VM whose balloon driver hands free guest memory back to the host (free page reporting),
+    the first touch of such a page costs ~2 s per GiB (measured here: 3 GiB in 4.2-6.6 s, 0.07 s per
+    GiB once touched), so what a case pays for its memory depended on what ran before it: the same
+    incremental run took 0.41-0.44 s right after 3 GB of files were deleted, 0.64-0.68 s otherwise,
+    the difference all in kernel time (its WAL writes: 0.03 vs 0.16 s). Memory freed just before the
+    clock starts is not handed back yet, so every run of every case meets memory in the same state,
+    as warm_cache does for the files.
+    """
+    if mib <= 0:
+        return 0.0
+    import numpy as np
+
+    t0 = time.perf_counter()
+    buf = np.empty(mib << 20, dtype=np.uint8)
+    buf[:: os.sysconf("SC_PAGE_SIZE")] = 1
+    del buf
+    return time.perf_counter() - t0
+
+
 def run_case(
-    case: str, spec: dict[str, Any], case_dir: Path, *, title: str | None = None, script: Path | None = None
+    case: str,
+    spec: dict[str, Any],
+    case_dir: Path,
+    *,
+    title: str | None = None,
+    script: Path | None = None,
 ) -> dict[str, Any]:
-    """Run one case in a fresh interpreter (`script --child case`, default this file) and return what it measured."""
+    """Run one case in a fresh interpreter (`script --child case`, default this file) and return what it measured.
+
+    WARM_MEMORY_MIB of memory is touched first (see warm_memory).
+    """
     case_dir.mkdir(parents=True, exist_ok=True)
     spec_path = case_dir / "spec.json"
     spec = {**spec, "out": str(case_dir / "result.json")}
@@ -602,6 +640,7 @@ def run_case(
     # The fresh copy just written is still being flushed to disk: let that finish before the clock starts,
     # or its writeback (and the fsync of the case's commit, which waits on it) lands inside the measurement.
     os.sync()
+    warmed = warm_memory(WARM_MEMORY_MIB)
     proc = subprocess.run(
         [sys.executable, str((script or Path(__file__)).resolve()), "--child", case, "--spec", str(spec_path)],
         check=False,
@@ -613,6 +652,7 @@ def run_case(
     if proc.returncode != 0:
         raise CaseCrashed(f"case {title.strip()} exited with status {proc.returncode}")
     out = json.loads(Path(spec["out"]).read_text(encoding="utf-8"))
+    out["warm_memory_seconds"] = round(warmed, 2)
     print(f"{out['seconds']:.2f} s, {out['rows']:,} {out['unit']}, peak RSS {out['peak_rss_mib']:.0f} MiB", flush=True)
     return out
 
@@ -858,6 +898,7 @@ def print_report(results: dict[str, Any]) -> None:
         f"Purchase profile, {d['accounts_with_erp_code']:,} accounts with an ERP code,"
         f" {d['erp_invoices_up_to_business_date']:,} invoices up to the business date, {d['erp_quotes']:,} quotes"
         f" (SQLite {m['sqlite']}, Python {m['python']}, {m['cpus']} CPUs;"
+        f" {results['arguments']['warm_memory']:,} MiB of memory warmed before each run;"
         f' `make bench BENCH_ARGS="--accounts {results["arguments"]["accounts"]}"`):\n'
     )
     print("| " + " | ".join(head) + " |")
@@ -906,6 +947,18 @@ def machine_info() -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 
 
+def add_warm_memory_argument(p: argparse.ArgumentParser) -> None:
+    """--warm-memory, shared with the accounts benchmark (both run their cases through run_case)."""
+    p.add_argument(
+        "--warm-memory",
+        type=int,
+        default=WARM_MEMORY_MIB,
+        metavar="MIB",
+        help="memory touched and freed before every timed run, so each meets memory in the same state"
+        " (see warm_memory; 0: off, default %(default)s)",
+    )
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """Command line; --child/--spec are internal (the parent re-runs this file once per case)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -932,6 +985,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="keep the per-case database copies under <workdir>/runs (about 10 GB at 1,000,000 accounts)",
     )
+    add_warm_memory_argument(p)
     p.add_argument("--child", choices=sorted(CHILD_RUNNERS), help=argparse.SUPPRESS)
     p.add_argument("--spec", type=Path, help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -939,9 +993,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Generate (or reuse) the data, run every case in its own process, check, report."""
+    global WARM_MEMORY_MIB
     args = parse_args(argv)
     if args.child:
         return child_main(args.child, args.spec)
+    WARM_MEMORY_MIB = args.warm_memory
 
     wanted = [
         c.strip().replace("'", "2").replace("d_b", "db").replace("w_b", "wb")
