@@ -599,14 +599,11 @@ WARM_MEMORY_MIB = 2048
 def warm_memory(mib: int) -> float:
     """Touch `mib` MiB of fresh memory once and free it again; the seconds it took.
 
-    Why: this project's machine is a VM whose balloon driver hands free guest memory back to the host
-    (virtio_balloon, `page_reporting.page_reporting_order=11` on the kernel command line), and the
-    first touch of such a page costs ~2 s per GiB (measured: 3 GiB in 4.2-6.6 s; 0.07 s per GiB once
-    touched). So what a case paid for its memory depended on what ran before it: the same
-    incremental run took 0.41-0.44 s right after 3 GB of files were deleted, 0.64-0.68 s otherwise,
-    the difference all kernel time (system time of its UPDATE, which writes the WAL: 0.03 vs 0.16 s).
-    Memory freed just before a case starts is quick to touch again, so every run of every case
-    meets memory in the same state, as warm_cache does for the files.
+    Why: on this project's VM free memory is handed back to the host (virtio_balloon free page
+    reporting), and touching it again costs ~2 s per GiB, so a case paid for its memory according to
+    what ran before it. Memory freed just before a case starts is quick to touch again: every run of
+    every case meets memory in the same state, as warm_cache does for the files. The measurements
+    behind this are in bench/README.md, in its paragraph on `--warm-memory`.
     """
     if mib <= 0:
         return 0.0

@@ -151,7 +151,7 @@ def iter_frames(
         yielded, seen = False, 0
         for start in range(0, len(values), _EXPANDING_BATCH):
             batch = {**params, lp: values[start : start + _EXPANDING_BATCH]}
-            for frame in _run(db, query, batch, chunk_rows, seen, arrow_text=arrow_text):
+            for frame in _run(db, query, batch, chunk_rows, seen):  # list queries read through the cursor
                 yielded, seen = True, seen + len(frame)
                 yield frame
         if not yielded:
